@@ -1,0 +1,58 @@
+"""Options and helpers shared by the commands (kept thin: the logic lives in the library)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from batchpool import paths
+from batchpool.errors import BatchpoolError, LocatedError
+from batchpool.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit statuses: 0 all good, 1 a job failed or was cancelled, 2 bad input.
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print machine-readable JSON instead of tables.")
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), envvar="BATCHPOOL_CONFIG",
+    help="batchpool.toml to use (default: $BATCHPOOL_CONFIG, ./batchpool.toml, "
+         "then the user config dir).")
+
+
+def handle_errors(command: F) -> F:
+    """Turn batchpool's errors into one clear line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LocatedError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except BatchpoolError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_store() -> Store:
+    return Store(paths.store_path())
+
+
+def console() -> Console:
+    return Console()
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))

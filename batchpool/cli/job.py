@@ -1,0 +1,199 @@
+"""`batchpool job ...`: look at, wait for, cancel, resume jobs and read their results."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from batchpool import defaults
+from batchpool.cli.common import (
+    EXIT_FAILED,
+    config_option,
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+    open_store,
+)
+from batchpool.cli.run import run_and_report
+from batchpool.config import load_config
+from batchpool.controller import owner_gone, owner_id
+from batchpool.display import counts_table, rows_table
+from batchpool.reports import copy_outputs, job_report, latest_attempt
+
+
+@click.group()
+def job() -> None:
+    """Inspect and control jobs."""
+
+
+@job.command("list")
+@click.option("--limit", default=20, show_default=True, help="Show this many recent jobs.")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+              help="Only jobs in this state (repeatable).")
+@json_option
+@handle_errors
+def list_jobs(limit: int, states: tuple[str, ...], as_json: bool) -> None:
+    """List recent jobs, newest first."""
+    store = open_store()
+    jobs = store.jobs(limit=limit, states=states)
+    if as_json:
+        emit_json([{"id": j.id, "name": j.name, "pool": j.pool, "state": j.state,
+                    "reason": j.reason, "submitted": j.submitted, "finished": j.finished}
+                   for j in jobs])
+        return
+    rows = []
+    for j in jobs:
+        counts = store.counts(j.id)
+        total = sum(sum(c.values()) for c in counts.values())
+        done = sum(c["succeeded"] for c in counts.values())
+        rows.append((j.id, j.name, j.pool, j.state, f"{done}/{total}", _when(j.submitted)))
+    console().print(rows_table(("id", "name", "pool", "state", "succeeded", "submitted"), rows))
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@json_option
+@handle_errors
+def show(job_id: int, as_json: bool) -> None:
+    """Show a job: state, counts per task group, failed tasks and recent events."""
+    store = open_store()
+    report = job_report(store, job_id)
+    if as_json:
+        emit_json(report)
+        return
+    out = console()
+    title = f"job {job_id} {report['name']} on {report['pool']}: {report['state']}"
+    if report["reason"]:
+        title += f" ({report['reason']})"
+    out.print(counts_table(title, report["groups"]))
+    if report["failures"]:
+        out.print(rows_table(("task", "state", "attempts", "node", "reason"),
+                             [(f["task"], f["state"], f["attempts"], f["node"], f["reason"])
+                              for f in report["failures"]], title="failed tasks"))
+    for settled in report["settled_groups"]:
+        out.print(f"{settled['count']} task(s) of {settled['group']} {settled['state']}:"
+                  f" {settled['reason']}")
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@json_option
+@handle_errors
+def wait(job_id: int, timeout: float | None, as_json: bool) -> None:
+    """Wait until a job ends; exit 0 only if every task succeeded."""
+    store = open_store()
+    deadline = time.time() + timeout if timeout else None
+    while not store.job(job_id).terminal:
+        if deadline is not None and time.time() > deadline:
+            click.echo(f"job {job_id} still {store.job(job_id).state} after {timeout}s",
+                       err=True)
+            sys.exit(EXIT_FAILED)
+        time.sleep(0.5)
+    report = job_report(store, job_id)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"job {job_id}: {report['state']}"
+                   + (f" ({report['reason']})" if report["reason"] else ""))
+    sys.exit(0 if report["state"] == "succeeded" else EXIT_FAILED)
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@json_option
+@handle_errors
+def cancel(job_id: int, as_json: bool) -> None:
+    """Cancel a job: running tasks are killed, queued ones never start."""
+    store = open_store()
+    job_row = store.request_cancel(job_id)
+    if job_row.owner is None and not job_row.terminal:
+        store.finish_unowned(job_id, "cancelled", "cancelled by user")
+        job_row = store.job(job_id)
+    if as_json:
+        emit_json({"id": job_id, "state": job_row.state, "cancel_requested": True})
+    elif job_row.terminal:
+        click.echo(f"job {job_id}: {job_row.state}")
+    else:
+        click.echo(f"job {job_id}: cancel requested; {job_row.owner} will stop it")
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@click.argument("task_id")
+@click.option("--attempt", type=int, help="Which attempt (default: the last).")
+@click.option("--stderr", "which", flag_value="stderr", help="Only stderr.")
+@click.option("--stdout", "which", flag_value="stdout", help="Only stdout.")
+@json_option
+@handle_errors
+def logs(job_id: int, task_id: str, attempt: int | None, which: str | None,
+         as_json: bool) -> None:
+    """Print a task's stdout and stderr (TASK is GROUP or GROUP[INDEX], e.g. 'map[7]')."""
+    row = latest_attempt(open_store(), job_id, task_id, attempt)
+    streams = [which] if which else ["stdout", "stderr"]
+    texts = {name: _read(Path(row.dir) / name) for name in streams}
+    if as_json:
+        emit_json({"task": task_id, "attempt": row.attempt, "node": row.node,
+                   "state": row.state, **texts})
+        return
+    for name, text in texts.items():
+        if len(streams) > 1:
+            click.echo(f"==> {task_id} attempt {row.attempt} on {row.node}: {name} <==")
+        click.echo(text, nl=False)
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@click.option("--dest", type=click.Path(file_okay=False), help="Copy outputs into DIR/TASK/.")
+@json_option
+@handle_errors
+def outputs(job_id: int, dest: str | None, as_json: bool) -> None:
+    """List the outputs of a job's succeeded tasks, or copy them with --dest."""
+    store = open_store()
+    if dest:
+        copied = copy_outputs(store, job_id, Path(dest))
+        if as_json:
+            emit_json([str(p) for p in copied])
+        else:
+            click.echo(f"copied {len(copied)} file(s) to {dest}")
+        return
+    rows = [(a.task_id, str(Path(a.dir) / o)) for a in store.attempts(job_id)
+            if a.state == "succeeded" for o in a.outputs]
+    if as_json:
+        emit_json([{"task": t, "path": p} for t, p in rows])
+    else:
+        for task, path in rows:
+            click.echo(f"{task}\t{path}")
+
+
+@job.command()
+@click.argument("job_id", type=int)
+@click.option("--pool", help="Run on this pool instead of the job's own.")
+@config_option
+@json_option
+@handle_errors
+def resume(job_id: int, pool: str | None, config_file: str | None, as_json: bool) -> None:
+    """Continue a job whose foreground run was killed: finished tasks are not run again."""
+    store = open_store()
+    job_row = store.claim(job_id, owner_id(), stale_after=defaults.OWNER_STALE,
+                          owner_gone=owner_gone)
+    pool_config = load_config(config_file).pool(pool or job_row.pool)
+    click.echo(f"resuming job {job_id} ({job_row.name}) on pool {pool_config.name}", err=True)
+    sys.exit(run_and_report(store, pool_config, job_id, as_json))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _when(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else ""

@@ -1,0 +1,68 @@
+"""`batchpool run`: submit a spec and run it in the foreground on a pool."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from batchpool.cli.common import (
+    EXIT_FAILED,
+    config_option,
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+    open_store,
+)
+from batchpool.config import PoolConfig, load_config
+from batchpool.controller import owner_id
+from batchpool.display import LiveDisplay, counts_table
+from batchpool.reports import job_report
+from batchpool.runner import run_jobs
+from batchpool.spec import load_spec
+from batchpool.store import Store
+
+
+@click.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pool", help="Pool to run on (default: the spec's pool, then the config's).")
+@config_option
+@json_option
+@handle_errors
+def run(spec: str, pool: str | None, config_file: str | None, as_json: bool) -> None:
+    """Submit SPEC and run it in the foreground, with live progress.
+
+    Exits 0 only if every task succeeded, 1 if any failed or the job was cancelled,
+    2 if the spec or the config is invalid (nothing runs then). Ctrl-C cancels the
+    job; `batchpool job resume ID` continues a job whose run was killed.
+    """
+    config = load_config(config_file)
+    job_spec = load_spec(spec)
+    pool_config = config.pool(pool or job_spec.pool)
+    store = open_store()
+    job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),
+                          state="running", owner=owner_id())
+    click.echo(f"job {job_id} ({job_spec.name}) on pool {pool_config.name}", err=True)
+    sys.exit(run_and_report(store, pool_config, job_id, as_json))
+
+
+def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: bool) -> int:
+    """Run a claimed job in the foreground, print its summary; returns the exit status."""
+    results = asyncio.run(run_jobs(store, pool_config, [job_id],
+                                   display=None if as_json else LiveDisplay))
+    progress = results[job_id]
+    report = job_report(store, job_id)
+    if as_json:
+        emit_json(report)
+    else:
+        out = console()
+        out.print(counts_table(f"job {job_id} {progress.name}: {progress.state}"
+                               + (f" ({progress.reason})" if progress.reason else ""),
+                               store.counts(job_id)))
+        for failure in report["failures"][:10]:
+            out.print(f"[red]failed[/red] {failure['task']}: {failure['reason']}"
+                      f"  (logs: batchpool job logs {job_id} '{failure['task']}')")
+    return 0 if progress.state == "succeeded" else EXIT_FAILED

@@ -1,0 +1,453 @@
+"""The controller: one asyncio loop that applies the scheduler's decisions.
+
+It brings up the pool's nodes, feeds agent messages to the pure scheduler, turns the
+scheduler's effects into agent messages and store writes, and watches heartbeats.
+Every state change goes to the store, so another controller can pick the work up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchpool import defaults, paths
+from batchpool.config import PoolConfig
+from batchpool.pool.providers import plan_pool
+from batchpool.pool.session import NodeSession
+from batchpool.pool.states import NodeState
+from batchpool.progress import JobProgress
+from batchpool.scheduler import (
+    Effect,
+    Finish,
+    GroupProgress,
+    JobDone,
+    Kill,
+    Outcome,
+    RetryPolicy,
+    Scheduler,
+    Settle,
+    SettleRest,
+    Start,
+)
+from batchpool.spec import JobSpec, TaskGroupSpec, render_command
+from batchpool.store import Store, StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+def owner_id() -> str:
+    """Who runs a job: 'pid@host'."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when `owner` is a process on this host that no longer exists."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass
+class _JobRun:
+    id: int
+    spec: JobSpec
+    progress: JobProgress
+    inputs: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # group -> files
+
+
+class Controller:
+    """Runs jobs on one pool until they end."""
+
+    def __init__(self, store: Store, pool: PoolConfig, *,
+                 retry_policy: RetryPolicy | None = None,
+                 clock: Callable[[], float] = time.time,
+                 connect_timeout: float = defaults.CONNECT_TIMEOUT) -> None:
+        self.store = store
+        self.pool = pool
+        self.clock = clock
+        self.connect_timeout = connect_timeout
+        self.scheduler = Scheduler(retry_policy)
+        self.owner = owner_id()
+        self.jobs: dict[int, _JobRun] = {}
+        self.nodes: dict[str, NodeSession] = {}
+        self._writer: StoreWriter | None = None
+        self._wake = asyncio.Event()
+        self._extra: dict[str, tuple[float | None, list[str]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._results_root = paths.work_root()
+
+    # -- running jobs ------------------------------------------------------------------
+    async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
+        """Run the given (already claimed) jobs to their end; returns their progress."""
+        self._writer = self.store.writer()
+        try:
+            for job_id in job_ids:
+                await self._add_job(job_id)
+            await self._start_nodes()
+            await self._loop()
+        finally:
+            await self._shutdown()
+        return {job_id: run.progress for job_id, run in self.jobs.items()}
+
+    def cancel(self, job_id: int, reason: str = "cancelled by user") -> None:
+        """Cancel a job from inside the loop's thread (e.g. on Ctrl-C)."""
+        self._apply(self.scheduler.cancel_job(job_id, reason))
+        self._wake.set()
+
+    async def _add_job(self, job_id: int) -> None:
+        job = await asyncio.to_thread(self.store.job, job_id)
+        spec = job.spec
+        saved = await asyncio.to_thread(_saved_progress, self.store, job_id)
+        total = sum(g.size for g in spec.tasks)
+        progress = JobProgress(job_id, spec.name, total, started=self.clock())
+        for group in saved:
+            progress.succeeded += group.succeeded
+            progress.failed += group.failed + (
+                spec.group(group.group_id).size - group.dispatched
+                if group.rest_state == "failed" else 0)
+            progress.cancelled += group.cancelled + (
+                spec.group(group.group_id).size - group.dispatched
+                if group.rest_state == "cancelled" else 0)
+        self.jobs[job_id] = _JobRun(job_id, spec, progress)
+        self._apply(self.scheduler.add_job(job_id, spec, self.clock(), saved))
+
+    async def _loop(self) -> None:
+        housekeeping = 0.0
+        while any(run.progress.state == "running" for run in self.jobs.values()):
+            now = self.clock()
+            self._apply(self.scheduler.expire(now) + self.scheduler.schedule(now))
+            if now >= housekeeping:
+                housekeeping = now + 1.0
+                await self._housekeeping(now)
+            wake = self.scheduler.next_wakeup()
+            timeout = min(1.0, max(0.0, (wake or now + 1.0) - now), housekeeping - now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+            self._wake.clear()
+
+    async def _housekeeping(self, now: float) -> None:
+        """Heartbeats, cancel requests from other processes, ownership, node rows."""
+        for node in list(self.nodes.values()):
+            silent = now - node.last_seen
+            if node.ready and silent > self.pool.heartbeat_timeout:
+                self._node_lost(node, f"no heartbeat for {silent:.0f}s")
+        if not any(n.ready or n.state in (NodeState.CONNECTING, NodeState.STARTING)
+                   for n in self.nodes.values()):
+            reasons = "; ".join(f"{n.name}: {n.state} ({n.reason})" for n in self.nodes.values())
+            for job_id, run in self.jobs.items():
+                if run.progress.state == "running":
+                    self._apply(self.scheduler.cancel_job(
+                        job_id, f"no usable node in pool {self.pool.name!r}: {reasons}",
+                        state="failed"))
+        mine = [j for j, run in self.jobs.items() if run.progress.state == "running"]
+        if mine:
+            requested = await asyncio.to_thread(_cancel_requests, self.store, mine)
+            for job_id in requested:
+                self._apply(self.scheduler.cancel_job(job_id))
+            marks = ",".join("?" * len(mine))
+            self._write(f"UPDATE jobs SET owner_seen=? WHERE id IN ({marks})", (now, *mine))
+        self._write_nodes(now)
+
+    # -- nodes ---------------------------------------------------------------------------
+    async def _start_nodes(self) -> None:
+        transport, plans = plan_pool(self.pool)
+        for plan in plans:
+            session = NodeSession(plan.address, transport, plan.settings,
+                                  self._on_message, self._on_lost)
+            self.nodes[session.name] = session
+        self._write_nodes(self.clock())
+        await asyncio.gather(*(self._bring_up(node) for node in self.nodes.values()))
+
+    async def _bring_up(self, node: NodeSession) -> None:
+        await node.start(self.connect_timeout)
+        if node.ready:
+            self.scheduler.add_node(node.name, node.slots)
+        self._write_nodes(self.clock())
+        self._wake.set()
+
+    def _on_lost(self, node: NodeSession, reason: str) -> None:
+        self._node_lost(node, reason)
+
+    def _node_lost(self, node: NodeSession, reason: str) -> None:
+        log.warning("node %s unreachable: %s", node.name, reason)
+        node.lost(reason)
+        self._apply(self.scheduler.remove_node(node.name, self.clock(), reason))
+        self._write_nodes(self.clock())
+        self._wake.set()
+
+    def _write_nodes(self, now: float) -> None:
+        for node in self.nodes.values():
+            running = len(self.scheduler.running_on(node.name)) if node.ready else 0
+            state = node.state
+            if state in (NodeState.IDLE, NodeState.RUNNING):
+                state = NodeState.RUNNING if running else NodeState.IDLE
+                node.move(state)
+            self._write(
+                "INSERT INTO nodes (pool, name, address, state, reason, slots, running, load,"
+                " heartbeat, updated) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (pool, name) DO"
+                " UPDATE SET address=excluded.address, state=excluded.state,"
+                " reason=excluded.reason, slots=excluded.slots, running=excluded.running,"
+                " load=excluded.load, heartbeat=excluded.heartbeat, updated=excluded.updated",
+                (self.pool.name, node.name, node.address.host, str(state), node.reason,
+                 node.slots, running, node.load, node.last_seen, now))
+
+    # -- agent messages -----------------------------------------------------------------
+    def _on_message(self, node: NodeSession, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "done":
+            self._on_done(node, message)
+        elif op == "error":
+            log.warning("agent on %s: %s", node.name, message.get("error"))
+
+    def _on_done(self, node: NodeSession, message: dict[str, Any]) -> None:
+        key = str(message["key"])
+        outcome = Outcome(exit_code=message.get("exit"), signal=message.get("signal"),
+                          timed_out=bool(message.get("timed_out")),
+                          cancelled=bool(message.get("cancelled")), error=message.get("error"))
+        matched: dict[str, list[str]] = message.get("outputs") or {}
+        outputs = sorted({path for paths_ in matched.values() for path in paths_})
+        if outcome.succeeded:
+            missing = [glob for glob, found in matched.items() if not found]
+            if missing:
+                outcome = Outcome(exit_code=0, error=f"output {missing[0]!r} matched no file")
+        self._extra[key] = (message.get("cpu"), outputs)
+        if node.shares_results:
+            self._finished(key, outcome)
+        else:
+            self._spawn(self._fetch_then_finish(node, key, outcome, outputs))
+
+    async def _fetch_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
+                                 outputs: list[str]) -> None:
+        local = self._results_root / key
+        try:
+            for name in ["stdout", "stderr", *outputs]:
+                await node.download(f"{key}/{name}", local / name)
+        except Exception as exc:  # a failed copy fails the attempt, it may be retried
+            if outcome.succeeded:
+                outcome = Outcome(exit_code=0, error=f"could not fetch outputs: {exc}")
+        self._finished(key, outcome)
+
+    def _finished(self, key: str, outcome: Outcome) -> None:
+        self._apply(self.scheduler.finished(key, outcome, self.clock()))
+        self._wake.set()
+
+    # -- effects -------------------------------------------------------------------------
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Start):
+                self._start(effect)
+            elif isinstance(effect, Finish):
+                self._record_finish(effect)
+            elif isinstance(effect, Kill):
+                node = self.nodes.get(effect.node)
+                if node is not None:
+                    node.send({"op": "kill", "key": effect.key})
+            elif isinstance(effect, Settle):
+                self._count(effect.job_id, effect.state, 1)
+                self._write("UPDATE tasks SET state=?, reason=?, finished=? WHERE job_id=?"
+                            " AND task_id=?", (effect.state, effect.reason, self.clock(),
+                                               effect.job_id, effect.task_id))
+            elif isinstance(effect, SettleRest):
+                self._settle_rest(effect)
+            elif isinstance(effect, JobDone):
+                self._job_done(effect)
+
+    def _start(self, start: Start) -> None:
+        run = self.jobs[start.job_id]
+        group = run.spec.group(start.group_id)
+        node = self.nodes[start.node]
+        now = self.clock()
+        run.progress.running += 1
+        result_dir = str(self._results_root / start.key)
+        if start.first:
+            self._write("INSERT INTO tasks (job_id, task_id, group_id, position, state, node,"
+                        " started) VALUES (?,?,?,?,'running',?,?)",
+                        (start.job_id, start.task_id, group.id, start.position, start.node, now))
+            self._write("UPDATE groups SET dispatched=MAX(dispatched, ?) WHERE job_id=? AND"
+                        " group_id=?", (start.position + 1, start.job_id, group.id))
+        else:
+            self._write("UPDATE tasks SET state='running', node=?, started=? WHERE job_id=? AND"
+                        " task_id=?", (start.node, now, start.job_id, start.task_id))
+        self._write("INSERT INTO attempts (job_id, task_id, attempt, node, state, started, dir)"
+                    " VALUES (?,?,?,?,'running',?,?)",
+                    (start.job_id, start.task_id, start.attempt, start.node, now, result_dir))
+        message = self._run_message(run, group, start, node)
+        needs_staging = group.depends_on or (run.spec.files and not node.shares_results)
+        if needs_staging:
+            self._spawn(self._stage_and_send(run, group, start, node, message))
+        else:
+            node.send(message)
+
+    def _run_message(self, run: _JobRun, group: TaskGroupSpec, start: Start,
+                     node: NodeSession) -> dict[str, Any]:
+        member = group.member(start.position)
+        values: dict[str, Any] = {"index": "" if member.index is None else member.index,
+                                  **member.params, "task_id": start.task_id,
+                                  "job_id": start.job_id, "attempt": start.attempt,
+                                  "node": node.name}
+        command = render_command(group.command or "", values)
+        env = {**run.spec.env, **group.env,
+               "BATCHPOOL_JOB_ID": str(start.job_id), "BATCHPOOL_TASK_ID": start.task_id,
+               "BATCHPOOL_TASK_INDEX": "" if member.index is None else str(member.index),
+               "BATCHPOOL_ATTEMPT": str(start.attempt), "BATCHPOOL_NODE": node.name,
+               "BATCHPOOL_INPUTS_DIR": node.node_path(f"{start.key}/inputs")}
+        links = [[Path(f).name, f] for f in run.spec.files] if node.shares_results else []
+        return {"op": "run", "key": start.key, "cmd": command, "dir": start.key, "env": env,
+                "timeout": group.timeout, "links": links, "outputs": list(group.outputs)}
+
+    async def _stage_and_send(self, run: _JobRun, group: TaskGroupSpec, start: Start,
+                              node: NodeSession, message: dict[str, Any]) -> None:
+        try:
+            links: list[list[str]] = []
+            for file in run.spec.files:
+                links.append([Path(file).name, await node.stage_file(Path(file))])
+            for dep in group.depends_on:
+                for task_id, output, source in await self._inputs_of(run, dep):
+                    name = f"inputs/{task_id}/{output}"
+                    if node.shares_results:
+                        links.append([name, str(self._results_root / source)])
+                    else:
+                        await node.upload(self._results_root / source, f"{start.key}/{name}")
+            message["links"] = links
+        except Exception as exc:
+            log.warning("staging for %s on %s failed: %s", start.key, node.name, exc)
+            self._finished(start.key, Outcome(error=f"staging failed: {exc}"))
+            return
+        node.send(message)
+
+    async def _inputs_of(self, run: _JobRun, group_id: str) -> list[tuple[str, str, str]]:
+        """(task id, output name, path under the results root) of a group's outputs."""
+        if group_id not in run.inputs:
+            assert self._writer is not None
+            await asyncio.to_thread(self._writer.flush)
+            run.inputs[group_id] = await asyncio.to_thread(
+                _group_outputs, self.store, run.id, group_id, self._results_root)
+        return run.inputs[group_id]
+
+    def _record_finish(self, finish: Finish) -> None:
+        now = self.clock()
+        run = self.jobs[finish.job_id]
+        run.progress.running -= 1
+        cpu, outputs = self._extra.pop(
+            f"{finish.job_id}/{finish.task_id}/{finish.attempt}", (None, []))
+        self._write("UPDATE attempts SET state=?, finished=?, exit_code=?, signal=?, cpu=?,"
+                    " outputs=?, reason=? WHERE job_id=? AND task_id=? AND attempt=?",
+                    (finish.attempt_state, now, finish.outcome.exit_code, finish.outcome.signal,
+                     cpu, json.dumps(outputs), finish.reason, finish.job_id, finish.task_id,
+                     finish.attempt))
+        lost = 1 if finish.attempt_state == "lost" else 0
+        self._write("UPDATE tasks SET state=?, attempts=attempts+?, lost=lost+?, exit_code=?,"
+                    " signal=?, reason=?, finished=? WHERE job_id=? AND task_id=?",
+                    (finish.final or "queued", int(finish.counted), lost,
+                     finish.outcome.exit_code, finish.outcome.signal, finish.reason,
+                     now if finish.final else None, finish.job_id, finish.task_id))
+        if finish.final:
+            self._count(finish.job_id, finish.final, 1)
+            run.progress.finished_now += 1
+        if finish.final != "succeeded":
+            self._write("INSERT INTO events (time, job_id, task_id, kind, detail) VALUES"
+                        " (?,?,?,?,?)", (now, finish.job_id, finish.task_id,
+                                         f"attempt {finish.attempt_state}",
+                                         json.dumps({"attempt": finish.attempt,
+                                                     "node": finish.node,
+                                                     "reason": finish.reason,
+                                                     "final": finish.final})))
+
+    def _settle_rest(self, settle: SettleRest) -> None:
+        self._count(settle.job_id, settle.state, settle.count)
+        self._write("UPDATE groups SET rest_state=?, rest_reason=? WHERE job_id=? AND"
+                    " group_id=?", (settle.state, settle.reason, settle.job_id, settle.group_id))
+        self._write("INSERT INTO events (time, job_id, task_id, kind, detail) VALUES (?,?,?,?,?)",
+                    (self.clock(), settle.job_id, settle.group_id, f"group {settle.state}",
+                     json.dumps({"reason": settle.reason})))
+
+    def _job_done(self, done: JobDone) -> None:
+        run = self.jobs[done.job_id]
+        run.progress.state, run.progress.reason = done.state, done.reason
+        now = self.clock()
+        self._write("UPDATE jobs SET state=?, reason=?, finished=?, owner=NULL WHERE id=?",
+                    (done.state, done.reason, now, done.job_id))
+        self._write("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
+                    (now, done.job_id, f"job {done.state}", json.dumps({"reason": done.reason})))
+        self._wake.set()
+
+    def _count(self, job_id: int, state: str, n: int) -> None:
+        progress = self.jobs[job_id].progress
+        setattr(progress, state, getattr(progress, state) + n)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        assert self._writer is not None
+        self._writer.execute(sql, params)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for node in self.nodes.values():
+            if node.state not in (NodeState.UNUSABLE, NodeState.UNREACHABLE):
+                node.move(NodeState.LEAVING, "controller stopped")
+        await asyncio.gather(*(n.close() for n in self.nodes.values()), return_exceptions=True)
+        if self._writer is not None:
+            self._write_nodes(self.clock())
+            await asyncio.to_thread(self._writer.close)
+            self._writer = None
+
+
+def _saved_progress(store: Store, job_id: int) -> list[GroupProgress]:
+    """What the store knows of each group: the restart point of a resumed job."""
+    result = []
+    tasks = store.tasks(job_id)
+    for group in store.groups(job_id):
+        mine = [t for t in tasks if t.group_id == group.group_id]
+        counts = {s: sum(1 for t in mine if t.state == s)
+                  for s in ("succeeded", "failed", "cancelled")}
+        unfinished = tuple((t.position, t.attempts, t.lost, t.state == "running")
+                           for t in mine if t.state in ("queued", "running"))
+        result.append(GroupProgress(group.group_id, group.dispatched, group.rest_state,
+                                    unfinished=unfinished, **counts))
+    return result
+
+
+def _cancel_requests(store: Store, job_ids: list[int]) -> list[int]:
+    with store.reading() as db:
+        marks = ",".join("?" * len(job_ids))
+        rows = db.execute(f"SELECT id FROM jobs WHERE cancel_requested=1 AND id IN ({marks})",
+                          job_ids).fetchall()
+    return [r[0] for r in rows]
+
+
+def _group_outputs(store: Store, job_id: int, group_id: str,
+                   root: Path) -> list[tuple[str, str, str]]:
+    """Each (task id, output name, path under `root`) of a group's succeeded attempts."""
+    with store.reading() as db:
+        rows = db.execute(
+            "SELECT a.task_id, a.dir, a.outputs FROM attempts a JOIN tasks t ON"
+            " t.job_id=a.job_id AND t.task_id=a.task_id WHERE a.job_id=? AND t.group_id=?"
+            " AND a.state='succeeded' ORDER BY t.position", (job_id, group_id)).fetchall()
+    result = []
+    for task_id, directory, outputs in rows:
+        relative = Path(directory).relative_to(root)
+        for output in json.loads(outputs or "[]"):
+            result.append((task_id, output, str(relative / output)))
+    return result

@@ -1,0 +1,38 @@
+"""Every default in one place, so that docs/configuration.md can point at one module."""
+
+from __future__ import annotations
+
+#: Pool used when neither the spec, the command line nor the config names one.
+DEFAULT_POOL = "local"
+
+#: Attempts per task when a spec says nothing (1 means no retry).
+MAX_ATTEMPTS = 3
+
+#: First retry waits this long; each further retry doubles it, up to RETRY_BACKOFF_MAX.
+RETRY_BACKOFF = 1.0
+RETRY_BACKOFF_MAX = 60.0
+
+#: The node agent sends a heartbeat this often (seconds) ...
+HEARTBEAT_INTERVAL = 2.0
+#: ... and a node that stays silent this long is unreachable.
+HEARTBEAT_TIMEOUT = 10.0
+
+#: Seconds to wait for an SSH connection.
+CONNECT_TIMEOUT = 15.0
+
+#: Store writes are grouped into one transaction at most this often (seconds).
+STORE_FLUSH_INTERVAL = 0.05
+
+#: Plain (non-terminal) progress lines are printed at most this often (seconds).
+PROGRESS_LINE_INTERVAL = 5.0
+
+#: A foreground `batchpool run` refreshes its ownership of the job this often; a job
+#: whose owner has been silent for OWNER_STALE seconds may be resumed elsewhere.
+OWNER_HEARTBEAT = 2.0
+OWNER_STALE = 10.0
+
+#: Where tasks run on a node, when a pool does not say.
+NODE_WORKDIR = "/tmp/batchpool"
+
+#: Python used to start the node agent, when a pool does not say.
+NODE_PYTHON = "python3"

@@ -1,0 +1,80 @@
+"""How a pool's nodes come to exist: the local machine, or a static list of SSH hosts.
+
+A provider turns a PoolConfig into a transport and the list of nodes to bring up;
+the controller does the bringing up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchpool import defaults, paths
+from batchpool.config import PoolConfig
+from batchpool.errors import ConfigError
+from batchpool.pool.session import NodeSettings
+from batchpool.transport.base import NodeAddress, Transport
+from batchpool.transport.local import LocalTransport
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    address: NodeAddress
+    settings: NodeSettings
+
+
+def plan_pool(pool: PoolConfig) -> tuple[Transport, list[NodePlan]]:
+    """The transport and the nodes of `pool`."""
+    slots = None if pool.slots_per_node == "auto" else int(pool.slots_per_node)
+    if pool.provider == "local":
+        root = paths.work_root()
+        settings = NodeSettings(python=_local_python(pool), workdir=str(root), slots=slots,
+                                start_task=pool.start_task,
+                                heartbeat=defaults.HEARTBEAT_INTERVAL, local_results=root)
+        return LocalTransport(), [NodePlan(NodeAddress("local"), settings)]
+    if pool.provider == "static":
+        from batchpool.transport.ssh import SshOptions, SshTransport
+
+        if not pool.hosts:
+            raise ConfigError(f"pool {pool.name!r} has provider \"static\" but no hosts")
+        options = SshOptions(
+            known_hosts=_path(pool.known_hosts), host_key_policy=pool.host_key_policy,
+            identity_file=_path(pool.identity_file), ssh_config=_path(pool.ssh_config))
+        plans = []
+        for host in pool.hosts:
+            address = parse_host(host)
+            workdir = pool.workdir.replace("{node}", safe_name(address.name))
+            plans.append(NodePlan(address, NodeSettings(
+                python=pool.python, workdir=workdir, slots=slots, start_task=pool.start_task,
+                heartbeat=defaults.HEARTBEAT_INTERVAL, local_results=None)))
+        return SshTransport(options), plans
+    raise ConfigError(f"pool {pool.name!r}: provider {pool.provider!r} is not available yet")
+
+
+_HOST = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
+
+
+def parse_host(text: str) -> NodeAddress:
+    """'node1', 'node2:2222', 'alice@node3', '[::1]:22' -> a NodeAddress named `text`."""
+    match = _HOST.match(text.strip())
+    if not match:
+        raise ConfigError(f"bad host {text!r}: use HOST, HOST:PORT or USER@HOST[:PORT]")
+    port = int(match.group("port")) if match.group("port") else None
+    return NodeAddress(name=text.strip(), host=match.group("host").strip("[]"), port=port,
+                       user=match.group("user"))
+
+
+def safe_name(name: str) -> str:
+    """A node name usable as one path component."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def _local_python(pool: PoolConfig) -> str:
+    import sys
+
+    return sys.executable if pool.python == defaults.NODE_PYTHON else pool.python

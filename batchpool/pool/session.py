@@ -1,0 +1,253 @@
+"""One live node: its connection, its agent, its state, and the messages in between.
+
+A session connects through whatever Transport it is given, starts the node agent,
+runs the pool's start task, then forwards agent messages to the controller. It makes
+no scheduling decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from batchpool.agent.launch import bootstrap_command, bootstrap_payload, decode, encode
+from batchpool.errors import BatchpoolError, ProtocolError, TransportError
+from batchpool.pool.states import READY, NodeState, can_move
+from batchpool.transport.base import AgentStream, Connection, NodeAddress, Transport
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[["NodeSession", dict[str, Any]], None]
+LostHandler = Callable[["NodeSession", str], None]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """How to bring up a node (from the pool's config)."""
+
+    python: str
+    workdir: str
+    slots: int | None            # None: one per core, as the agent reports
+    start_task: str | None
+    heartbeat: float
+    local_results: Path | None   # the node's workdir IS this local dir (local pool)
+
+
+class NodeSession:
+    """A node from connect to close."""
+
+    def __init__(self, address: NodeAddress, transport: Transport, settings: NodeSettings,
+                 on_message: MessageHandler, on_lost: LostHandler) -> None:
+        self.address = address
+        self.name = address.name
+        self.settings = settings
+        self.state = NodeState.CONNECTING
+        self.reason: str | None = None
+        self.slots = 0
+        self.cores = 0
+        self.load: float | None = None
+        self.last_seen = time.time()
+        self.workdir = settings.workdir
+        self._transport = transport
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._connection: Connection | None = None
+        self._stream: AgentStream | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._staged: dict[str, str] = {}       # local file path -> path on the node
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def move(self, state: NodeState, reason: str | None = None) -> None:
+        if not can_move(self.state, state):
+            log.debug("node %s: ignoring move %s -> %s", self.name, self.state, state)
+            return
+        self.state, self.reason = state, reason
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY
+
+    async def start(self, connect_timeout: float) -> None:
+        """Connect, start the agent, run the start task; ends READY or UNUSABLE."""
+        self.move(NodeState.CONNECTING)
+        try:
+            self._connection = await self._transport.connect(self.address, connect_timeout)
+            stream = await self._connection.start_agent(bootstrap_command(
+                self.settings.python, self.settings.workdir, self.settings.heartbeat))
+            stream.write(bootstrap_payload())
+            await stream.drain()
+            hello = await asyncio.wait_for(self._first_message(stream), connect_timeout)
+        except (BatchpoolError, OSError, TimeoutError) as exc:
+            await self._give_up(_reason_for(exc, self.settings.python))
+            return
+        self._stream = stream
+        self.cores = int(hello.get("cores") or 1)
+        self.workdir = str(hello.get("workdir") or self.settings.workdir)
+        self.slots = self.settings.slots or self.cores
+        self.last_seen = time.time()
+        self._reader = asyncio.create_task(self._read_loop(), name=f"read-{self.name}")
+        if self.settings.start_task:
+            self.move(NodeState.STARTING)
+            if not await self._run_start_task(self.settings.start_task):
+                return
+        self.move(NodeState.IDLE)
+
+    async def _first_message(self, stream: AgentStream) -> dict[str, Any]:
+        line = await stream.readline()
+        if not line:
+            raise TransportError(
+                f"the agent did not start (is {self.settings.python!r} a working Python 3 "
+                "on the node?)")
+        message = decode(line)
+        if message.get("op") == "fatal":
+            raise TransportError(f"the agent could not start: {message.get('error')}")
+        if message.get("op") != "hello":
+            raise ProtocolError(f"expected hello from the agent, got {message.get('op')!r}")
+        return message
+
+    async def _run_start_task(self, command: str) -> bool:
+        assert self._connection is not None
+        workdir = shlex.quote(self.workdir)
+        script = f"mkdir -p {workdir} && cd {workdir} && {command}"
+        try:
+            result = await self._connection.run(script)
+        except BatchpoolError as exc:
+            await self._give_up(f"start task could not run: {exc}")
+            return False
+        if result.exit_status != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+            await self._give_up(
+                f"start task failed with exit {result.exit_status}" + (f": {tail}" if tail else ""))
+            return False
+        return True
+
+    async def _give_up(self, reason: str) -> None:
+        log.warning("node %s unusable: %s", self.name, reason)
+        self.move(NodeState.UNUSABLE, reason)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the agent (its tasks die with it) and close the connection."""
+        if self._stream is not None:
+            try:
+                self._stream.write(encode({"op": "exit"}))
+                await asyncio.wait_for(self._stream.drain(), 2.0)
+            except (OSError, TimeoutError, BatchpoolError):
+                pass
+            self._stream.close()
+            self._stream = None
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+            self._reader = None
+        if self._connection is not None:
+            with contextlib.suppress(OSError, TimeoutError, BatchpoolError):
+                await asyncio.wait_for(self._connection.close(), 5.0)
+            self._connection = None
+
+    # -- messages ------------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message for the agent; writes are drained in the background."""
+        if self._stream is None:
+            return
+        self._stream.write(encode(message))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._stream.drain())
+
+    async def _read_loop(self) -> None:
+        assert self._stream is not None
+        stream = self._stream
+        reason = "connection to the node closed"
+        try:
+            while True:
+                line = await stream.readline()
+                if not line:
+                    break
+                self.last_seen = time.time()
+                try:
+                    message = decode(line)
+                except ProtocolError as exc:
+                    log.warning("node %s: %s", self.name, exc)
+                    continue
+                if message.get("op") == "hb":
+                    self.load = message.get("load")
+                self._on_message(self, message)
+        except (OSError, BatchpoolError) as exc:
+            reason = f"connection to the node failed: {exc}"
+        if self.state not in (NodeState.LEAVING, NodeState.UNUSABLE):
+            self._on_lost(self, reason)
+
+    def lost(self, reason: str) -> None:
+        """Mark the node unreachable and drop its connection without waiting on it."""
+        self.move(NodeState.UNREACHABLE, reason)
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._closing = asyncio.create_task(_close_quietly(connection))
+
+    # -- files ---------------------------------------------------------------------------
+    def node_path(self, relative: str) -> str:
+        return str(PurePosixPath(self.workdir) / relative)
+
+    @property
+    def shares_results(self) -> bool:
+        """True when the node's workdir is the local result root (nothing to copy)."""
+        local = self.settings.local_results
+        return local is not None and Path(self.workdir) == local
+
+    async def stage_file(self, local: Path) -> str:
+        """The node path of a resource file, uploading it once per content hash."""
+        key = str(local)
+        if key in self._staged:
+            return self._staged[key]
+        if self.shares_results:
+            self._staged[key] = key
+            return key
+        digest = await asyncio.to_thread(_sha256, local)
+        remote = self.node_path(f"files/{digest}/{local.name}")
+        assert self._connection is not None
+        await self._connection.put(local, remote)
+        self._staged[key] = remote
+        return remote
+
+    async def upload(self, local: Path, relative: str) -> None:
+        """Copy a local file into the node's workdir (inputs of a dependant task)."""
+        if self._connection is None:
+            raise TransportError(f"node {self.name} is not connected")
+        await self._connection.put(local, self.node_path(relative))
+
+    async def download(self, relative: str, local: Path) -> None:
+        """Copy a file from the node's workdir into the local result root."""
+        if self._connection is None:
+            raise TransportError(f"node {self.name} is not connected")
+        await self._connection.get(self.node_path(relative), local)
+
+
+async def _close_quietly(connection: Connection) -> None:
+    with contextlib.suppress(OSError, TimeoutError, BatchpoolError):
+        await asyncio.wait_for(connection.close(), 5.0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _reason_for(exc: BaseException, python: str) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the agent (is {python!r} a working Python 3 on the node?)"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,333 @@
+"""The durable store: one SQLite file (WAL) per deployment, the single source of truth.
+
+Reads happen on the caller's thread with short-lived connections; the controller's
+writes go through a `StoreWriter` so its event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchpool.errors import NotFound, StoreError
+from batchpool.spec import JobSpec
+from batchpool.store.schema import MIGRATIONS
+from batchpool.store.writer import StoreWriter
+
+TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job as the store knows it."""
+
+    id: int
+    name: str
+    pool: str
+    state: str
+    reason: str | None
+    priority: int
+    submitted: float
+    started: float | None
+    finished: float | None
+    owner: str | None
+    owner_seen: float | None
+    cancel_requested: bool
+    spec_file: str | None
+    spec_json: str
+
+    @property
+    def spec(self) -> JobSpec:
+        return JobSpec.model_validate_json(self.spec_json)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_JOB_STATES
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """A task group's cursor: members below `dispatched` have task rows."""
+
+    job_id: int
+    group_id: str
+    ordinal: int
+    size: int
+    dispatched: int
+    rest_state: str | None
+    rest_reason: str | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    job_id: int
+    task_id: str
+    group_id: str
+    position: int
+    state: str
+    attempts: int
+    lost: int
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    node: str | None
+    started: float | None
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    job_id: int
+    task_id: str
+    attempt: int
+    node: str
+    state: str
+    started: float
+    finished: float | None
+    exit_code: int | None
+    signal: int | None
+    cpu: float | None
+    dir: str
+    outputs: tuple[str, ...]
+    reason: str | None
+
+
+class Store:
+    """A handle on the store file. Cheap to create; opens connections on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # -- connections ---------------------------------------------------------------
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with the store's pragmas, migrated to the latest schema."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        _migrate(db)
+        db.isolation_level = "DEFERRED"
+        return db
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        db = self.connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def writer(self) -> StoreWriter:
+        """A started background writer on its own connection."""
+        writer = StoreWriter(self.connect)
+        writer.start()
+        return writer
+
+    # -- jobs ----------------------------------------------------------------------
+    def submit(self, spec: JobSpec, pool: str, spec_file: str | None = None,
+               state: str = "queued", owner: str | None = None) -> int:
+        """Record a job and its groups in one transaction; returns the job id."""
+        now = time.time()
+        with self.reading() as db, db:
+            cur = db.execute(
+                "INSERT INTO jobs (name, pool, spec, spec_file, priority, state, submitted,"
+                " started, owner, owner_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (spec.name, pool, spec.model_dump_json(), spec_file, spec.priority, state, now,
+                 now if state == "running" else None, owner, now if owner else None),
+            )
+            job_id = cur.lastrowid
+            assert job_id is not None
+            db.executemany(
+                "INSERT INTO groups (job_id, group_id, ordinal, size) VALUES (?,?,?,?)",
+                [(job_id, g.id, i, g.size) for i, g in enumerate(spec.tasks)],
+            )
+            db.execute("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
+                       (now, job_id, "submitted", json.dumps({"pool": pool})))
+        return job_id
+
+    def job(self, job_id: int) -> JobRow:
+        with self.reading() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return _job_row(row)
+
+    def jobs(self, limit: int = 50, states: tuple[str, ...] = ()) -> list[JobRow]:
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        params: list[Any] = []
+        if states:
+            query += f" WHERE state IN ({','.join('?' * len(states))})"
+            params.extend(states)
+        query += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        with self.reading() as db:
+            return [_job_row(r) for r in db.execute(query, params)]
+
+    def request_cancel(self, job_id: int) -> JobRow:
+        """Ask whoever runs the job to cancel it; a job nobody runs is cancelled at once."""
+        job = self.job(job_id)
+        if job.terminal:
+            return job
+        now = time.time()
+        with self.reading() as db, db:
+            db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            db.execute("INSERT INTO events (time, job_id, kind) VALUES (?,?,?)",
+                       (now, job_id, "cancel requested"))
+        return self.job(job_id)
+
+    def claim(self, job_id: int, owner: str, stale_after: float,
+              owner_gone: Callable[[str], bool] = lambda owner: False) -> JobRow:
+        """Take ownership of a job whose owner is gone (or silent too long, or absent)."""
+        now = time.time()
+        previous = self.job(job_id).owner
+        cutoff = now if previous and owner_gone(previous) else now - stale_after
+        with self.reading() as db, db:
+            cur = db.execute(
+                "UPDATE jobs SET owner=?, owner_seen=?, state='running',"
+                " started=COALESCE(started, ?)"
+                " WHERE id=? AND state NOT IN ('succeeded','failed','cancelled')"
+                " AND (owner IS NULL OR owner_seen IS NULL OR owner_seen <= ?)",
+                (owner, now, now, job_id, cutoff),
+            )
+            claimed = cur.rowcount == 1
+        job = self.job(job_id)
+        if not claimed:
+            if job.terminal:
+                raise StoreError(f"job {job_id} is already {job.state}")
+            raise StoreError(
+                f"job {job_id} is still run by {job.owner} (seen "
+                f"{now - (job.owner_seen or now):.0f}s ago); stop it first"
+            )
+        return job
+
+    def finish_unowned(self, job_id: int, state: str, reason: str) -> None:
+        """End a job that no controller runs (e.g. cancelled while queued)."""
+        now = time.time()
+        with self.reading() as db, db:
+            db.execute("UPDATE jobs SET state=?, reason=?, finished=? WHERE id=? AND owner IS NULL"
+                       " AND state NOT IN ('succeeded','failed','cancelled')",
+                       (state, reason, now, job_id))
+            db.execute("UPDATE groups SET rest_state=?, rest_reason=? WHERE job_id=? AND"
+                       " rest_state IS NULL", (state, reason, job_id))
+            db.execute("UPDATE tasks SET state=?, reason=?, finished=? WHERE job_id=? AND state"
+                       " IN ('queued','running')", (state, reason, now, job_id))
+            db.execute("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
+                       (now, job_id, f"job {state}", json.dumps({"reason": reason})))
+
+    # -- groups, tasks, attempts ------------------------------------------------------
+    def groups(self, job_id: int) -> list[GroupRow]:
+        with self.reading() as db:
+            rows = db.execute(
+                "SELECT job_id, group_id, ordinal, size, dispatched, rest_state, rest_reason"
+                " FROM groups WHERE job_id=? ORDER BY ordinal", (job_id,)).fetchall()
+        return [GroupRow(*r) for r in rows]
+
+    def tasks(self, job_id: int, states: tuple[str, ...] = (),
+              group_id: str | None = None) -> list[TaskRow]:
+        query = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id=?"
+        params: list[Any] = [job_id]
+        if states:
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            params.extend(states)
+        if group_id is not None:
+            query += " AND group_id=?"
+            params.append(group_id)
+        query += " ORDER BY group_id, position"
+        with self.reading() as db:
+            return [TaskRow(*r) for r in db.execute(query, params)]
+
+    def task(self, job_id: int, task_id: str) -> TaskRow:
+        with self.reading() as db:
+            row = db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id=? AND task_id=?",
+                             (job_id, task_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no task {task_id!r} that has started")
+        return TaskRow(*row)
+
+    def attempts(self, job_id: int, task_id: str | None = None) -> list[AttemptRow]:
+        query = f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE job_id=?"
+        params: list[Any] = [job_id]
+        if task_id is not None:
+            query += " AND task_id=?"
+            params.append(task_id)
+        query += " ORDER BY task_id, attempt"
+        with self.reading() as db:
+            return [_attempt_row(r) for r in db.execute(query, params)]
+
+    def counts(self, job_id: int) -> dict[str, dict[str, int]]:
+        """Per group, how many members are in each task state (undispatched included)."""
+        result: dict[str, dict[str, int]] = {}
+        with self.reading() as db:
+            for group_id, size, dispatched, rest_state in db.execute(
+                    "SELECT group_id, size, dispatched, rest_state FROM groups"
+                    " WHERE job_id=? ORDER BY ordinal", (job_id,)):
+                counts = dict.fromkeys(TASK_STATES, 0)
+                counts[rest_state or "queued"] += size - dispatched
+                result[group_id] = counts
+            for group_id, state, n in db.execute(
+                    "SELECT group_id, state, COUNT(*) FROM tasks WHERE job_id=?"
+                    " GROUP BY group_id, state", (job_id,)):
+                result[group_id][state] += n
+        return result
+
+    def events(self, job_id: int, limit: int = 100) -> list[tuple[float, str | None, str, str]]:
+        with self.reading() as db:
+            rows = db.execute(
+                "SELECT time, task_id, kind, COALESCE(detail, '') FROM events WHERE job_id=?"
+                " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
+        return list(reversed(rows))
+
+
+_JOB_COLUMNS = ("id, name, pool, state, reason, priority, submitted, started, finished, owner,"
+                " owner_seen, cancel_requested, spec_file, spec")
+_TASK_COLUMNS = ("job_id, task_id, group_id, position, state, attempts, lost, exit_code,"
+                 " signal, reason, node, started, finished")
+_ATTEMPT_COLUMNS = ("job_id, task_id, attempt, node, state, started, finished, exit_code,"
+                    " signal, cpu, dir, outputs, reason")
+
+
+def _job_row(row: tuple[Any, ...]) -> JobRow:
+    values = list(row)
+    values[11] = bool(values[11])
+    return JobRow(*values)
+
+
+def _attempt_row(row: tuple[Any, ...]) -> AttemptRow:
+    values = list(row)
+    values[11] = tuple(json.loads(values[11])) if values[11] else ()
+    return AttemptRow(*values)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply the migrations this file has not had yet."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the store was written by a newer batchpool (schema {version}, "
+            f"this one knows {len(MIGRATIONS)}); upgrade batchpool")
+    for number in range(version, len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != number:
+                db.execute("ROLLBACK")  # another process migrated meanwhile
+                continue
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={number + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
