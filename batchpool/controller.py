@@ -68,7 +68,13 @@ class _JobRun:
     id: int
     spec: JobSpec
     progress: JobProgress
+    groups: dict[str, TaskGroupSpec] = field(default_factory=dict)
+    local_links: list[list[str]] = field(default_factory=list)   # resource files, local nodes
     inputs: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # group -> files
+
+    def __post_init__(self) -> None:
+        self.groups = {g.id: g for g in self.spec.tasks}
+        self.local_links = [[Path(f).name, f] for f in self.spec.files]
 
 
 class Controller:
@@ -91,6 +97,8 @@ class Controller:
         self._extra: dict[str, tuple[float | None, list[str]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._results_root = paths.work_root()
+        self._results = f"{self._results_root}/"
+        self._started: dict[str, float] = {}
 
     # -- running jobs ------------------------------------------------------------------
     async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
@@ -244,8 +252,10 @@ class Controller:
         self._finished(key, outcome)
 
     def _finished(self, key: str, outcome: Outcome) -> None:
-        self._apply(self.scheduler.finished(key, outcome, self.clock()))
-        self._wake.set()
+        now = self.clock()
+        # refill the freed slot at once: a round trip through the main loop costs latency;
+        # the loop itself only wakes for timers, node changes and job ends
+        self._apply(self.scheduler.finished(key, outcome, now) + self.scheduler.schedule(now))
 
     # -- effects -------------------------------------------------------------------------
     def _apply(self, effects: list[Effect]) -> None:
@@ -270,44 +280,37 @@ class Controller:
 
     def _start(self, start: Start) -> None:
         run = self.jobs[start.job_id]
-        group = run.spec.group(start.group_id)
+        group = run.groups[start.group_id]
         node = self.nodes[start.node]
         now = self.clock()
         run.progress.running += 1
-        result_dir = str(self._results_root / start.key)
+        self._started[start.key] = now
         if start.first:
             self._write("INSERT INTO tasks (job_id, task_id, group_id, position, state, node,"
                         " started) VALUES (?,?,?,?,'running',?,?)",
                         (start.job_id, start.task_id, group.id, start.position, start.node, now))
-            self._write("UPDATE groups SET dispatched=MAX(dispatched, ?) WHERE job_id=? AND"
-                        " group_id=?", (start.position + 1, start.job_id, group.id))
         else:
             self._write("UPDATE tasks SET state='running', node=?, started=? WHERE job_id=? AND"
                         " task_id=?", (start.node, now, start.job_id, start.task_id))
-        self._write("INSERT INTO attempts (job_id, task_id, attempt, node, state, started, dir)"
-                    " VALUES (?,?,?,?,'running',?,?)",
-                    (start.job_id, start.task_id, start.attempt, start.node, now, result_dir))
         message = self._run_message(run, group, start, node)
-        needs_staging = group.depends_on or (run.spec.files and not node.shares_results)
-        if needs_staging:
+        if group.depends_on or (run.spec.files and not node.shares_results):
             self._spawn(self._stage_and_send(run, group, start, node, message))
         else:
             node.send(message)
 
     def _run_message(self, run: _JobRun, group: TaskGroupSpec, start: Start,
                      node: NodeSession) -> dict[str, Any]:
-        member = group.member(start.position)
-        values: dict[str, Any] = {"index": "" if member.index is None else member.index,
-                                  **member.params, "task_id": start.task_id,
+        index = "" if start.index is None else str(start.index)
+        values: dict[str, Any] = {"index": index, **start.params, "task_id": start.task_id,
                                   "job_id": start.job_id, "attempt": start.attempt,
                                   "node": node.name}
         command = render_command(group.command or "", values)
         env = {**run.spec.env, **group.env,
                "BATCHPOOL_JOB_ID": str(start.job_id), "BATCHPOOL_TASK_ID": start.task_id,
-               "BATCHPOOL_TASK_INDEX": "" if member.index is None else str(member.index),
+               "BATCHPOOL_TASK_INDEX": index,
                "BATCHPOOL_ATTEMPT": str(start.attempt), "BATCHPOOL_NODE": node.name,
                "BATCHPOOL_INPUTS_DIR": node.node_path(f"{start.key}/inputs")}
-        links = [[Path(f).name, f] for f in run.spec.files] if node.shares_results else []
+        links = run.local_links if node.shares_results else []
         return {"op": "run", "key": start.key, "cmd": command, "dir": start.key, "env": env,
                 "timeout": group.timeout, "links": links, "outputs": list(group.outputs)}
 
@@ -343,14 +346,18 @@ class Controller:
     def _record_finish(self, finish: Finish) -> None:
         now = self.clock()
         run = self.jobs[finish.job_id]
-        run.progress.running -= 1
-        cpu, outputs = self._extra.pop(
-            f"{finish.job_id}/{finish.task_id}/{finish.attempt}", (None, []))
-        self._write("UPDATE attempts SET state=?, finished=?, exit_code=?, signal=?, cpu=?,"
-                    " outputs=?, reason=? WHERE job_id=? AND task_id=? AND attempt=?",
-                    (finish.attempt_state, now, finish.outcome.exit_code, finish.outcome.signal,
-                     cpu, json.dumps(outputs), finish.reason, finish.job_id, finish.task_id,
-                     finish.attempt))
+        key = f"{finish.job_id}/{finish.task_id}/{finish.attempt}"
+        started = self._started.pop(key, now)
+        if finish.node:  # a lost attempt found on resume already has its row
+            run.progress.running -= 1
+        cpu, outputs = self._extra.pop(key, (None, []))
+        self._write("INSERT OR REPLACE INTO attempts (job_id, task_id, attempt, node, state,"
+                    " started, finished, exit_code, signal, cpu, dir, outputs, reason) VALUES"
+                    " (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (finish.job_id, finish.task_id, finish.attempt, finish.node or "?",
+                     finish.attempt_state, started, now, finish.outcome.exit_code,
+                     finish.outcome.signal, cpu, self._results + key,
+                     json.dumps(outputs) if outputs else None, finish.reason))
         lost = 1 if finish.attempt_state == "lost" else 0
         self._write("UPDATE tasks SET state=?, attempts=attempts+?, lost=lost+?, exit_code=?,"
                     " signal=?, reason=?, finished=? WHERE job_id=? AND task_id=?",

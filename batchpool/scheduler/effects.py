@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from batchpool.scheduler.retry import Outcome
 
@@ -18,6 +20,8 @@ class Start:
     attempt: int
     node: str
     first: bool
+    index: int | None = None            # the array index or grid position, for placeholders
+    params: Mapping[str, Any] = field(default_factory=dict)   # this member's grid values
 
     @property
     def key(self) -> str:

@@ -43,6 +43,8 @@ class _Tries:
 class _Group:
     job: _Job
     spec: TaskGroupSpec
+    size: int                                        # cached: spec lookups are not free
+    limit: int | None
     cursor: int = 0                                  # next undispatched position
     rest_state: str | None = None                    # undispatched members are final
     retry: list[tuple[float, int]] = field(default_factory=list)   # heap (not_before, pos)
@@ -53,10 +55,6 @@ class _Group:
     cancelled: int = 0
     deps: list[_Group] = field(default_factory=list)
     dependants: list[_Group] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.spec.size
 
     @property
     def settled(self) -> int:
@@ -80,8 +78,7 @@ class _Group:
         return self.rest_state is None and self.cursor < self.size
 
     def under_limit(self) -> bool:
-        limit = self.spec.max_running
-        return limit is None or self.running < limit
+        return self.limit is None or self.running < self.limit
 
 
 @dataclass
@@ -150,7 +147,8 @@ class Scheduler:
         deadline = now + spec.timeout if spec.timeout else None
         job = _Job(job_id, spec, spec.priority, deadline)
         for group_spec in spec.tasks:
-            job.groups[group_spec.id] = _Group(job, group_spec)
+            job.groups[group_spec.id] = _Group(job, group_spec, group_spec.size,
+                                               group_spec.max_running)
         for group in job.groups.values():
             group.deps = [job.groups[d] for d in group.spec.depends_on]
             for dep in group.deps:
@@ -266,9 +264,10 @@ class Scheduler:
         node_name, node = max(self._nodes.items(), key=lambda item: item[1].free)
         node.used += 1
         group.running += 1
-        task_id = group.spec.task_id(position)
+        member = group.spec.member(position)
+        task_id = member.task_id
         start = Start(job.id, group.spec.id, position, task_id, tries.next_attempt, node_name,
-                      first)
+                      first, member.index, member.params)
         self._running[start.key] = _Running(job, group, position, task_id, start.attempt,
                                             node_name)
         return start

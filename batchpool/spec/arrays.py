@@ -7,7 +7,7 @@ by ``%LIMIT`` for the whole expression (at most LIMIT members running at once), 
 
 from __future__ import annotations
 
-import bisect
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +18,10 @@ _ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
 @dataclass(frozen=True)
 class IndexSet:
-    """An ordered set of array indices, stored as ``range`` objects."""
+    """A set of array indices, stored as ``range`` objects ordered by their start.
+
+    Members are visited range by range: ``0-9:2,1-9:2`` yields 0, 2, ... 8, then 1, 3 ... 9.
+    """
 
     ranges: tuple[range, ...]
     limit: int | None = None
@@ -68,7 +71,7 @@ class IndexSet:
         return any(index in r for r in self.ranges)
 
     def nth(self, position: int) -> int:
-        """The index at `position` (0-based) in ascending order."""
+        """The index at `position` (0-based) in member order."""
         if position < 0:
             raise IndexError(position)
         for r in self.ranges:
@@ -79,24 +82,39 @@ class IndexSet:
 
     def position(self, index: int) -> int:
         """Inverse of `nth`; raises KeyError when `index` is not a member."""
-        starts = [r.start for r in self.ranges]
-        i = bisect.bisect_right(starts, index) - 1
-        offset = sum(len(r) for r in self.ranges[: max(i, 0)])
-        if i >= 0 and index in self.ranges[i]:
-            return offset + self.ranges[i].index(index)
+        offset = 0
+        for r in self.ranges:
+            if index in r:
+                return offset + r.index(index)
+            offset += len(r)
         raise KeyError(index)
 
 
 def _sorted_disjoint(ranges: list[range], expression: str) -> list[range]:
-    """Ranges in ascending order; overlapping items are refused (a duplicate member)."""
+    """Ranges ordered by start; refuses any index listed twice (exactly, without expanding)."""
     ordered = sorted(ranges, key=lambda r: r.start)
-    for before, after in zip(ordered, ordered[1:], strict=False):
-        if after.start <= before[-1]:
-            overlap = set(before) & set(after) if len(before) < 100_000 else None
-            if overlap is None or overlap:
+    for i, before in enumerate(ordered):
+        for after in ordered[i + 1:]:
+            if after.start > before[-1]:
+                break  # sorted by start: no later range can reach back into `before`
+            if _intersect(before, after):
                 raise ValueError(f"array expression {expression!r} lists some indices twice")
-    if any(after.start <= before[-1] for before, after in zip(ordered, ordered[1:], strict=False)):
-        # interleaved but disjoint (e.g. 0-9:2,1-9:2): fall back to explicit members
-        members = sorted(i for r in ordered for i in r)
-        return [range(i, i + 1) for i in members]
     return ordered
+
+
+def _intersect(a: range, b: range) -> bool:
+    """Whether two stepped ranges share a member, solved as a pair of congruences."""
+    low, high = max(a.start, b.start), min(a[-1], b[-1])
+    if low > high:
+        return False
+    g = math.gcd(a.step, b.step)
+    if (b.start - a.start) % g:
+        return False
+    # x = a.start + a.step * k, with a.step * k = b.start - a.start (mod b.step)
+    step_b = b.step // g
+    k = ((b.start - a.start) // g) * pow(a.step // g, -1, step_b) % step_b if step_b > 1 else 0
+    first = a.start + a.step * k
+    period = a.step * step_b  # lcm(a.step, b.step)
+    if first < low:
+        first += -(-(low - first) // period) * period
+    return first <= high

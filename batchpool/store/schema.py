@@ -3,9 +3,10 @@
 `PRAGMA user_version` holds how many migrations a file has had; opening a store applies
 the missing ones in one transaction each. Never edit a released migration: append one.
 
-Task rows are created lazily: a group records how many of its members have been
-dispatched (`dispatched`, a cursor over the group's positions); members past the cursor
-are queued without costing a row, so a 1,000,000-task array is one `groups` row.
+Task rows are created lazily, when a member is first dispatched. Members are dispatched
+in position order, so a group's rows are exactly its positions below a cursor (the row
+count); members past it are queued without costing a row, and a 1,000,000-task array
+is one `groups` row. `rest_state` settles every member past the cursor at once.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ MIGRATIONS: tuple[str, ...] = (
         group_id    TEXT NOT NULL,
         ordinal     INTEGER NOT NULL,         -- order in the spec
         size        INTEGER NOT NULL,
-        dispatched  INTEGER NOT NULL DEFAULT 0,
         rest_state  TEXT,                     -- final state given to undispatched members
         rest_reason TEXT,
         PRIMARY KEY (job_id, group_id)

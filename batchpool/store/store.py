@@ -230,8 +230,10 @@ class Store:
     def groups(self, job_id: int) -> list[GroupRow]:
         with self.reading() as db:
             rows = db.execute(
-                "SELECT job_id, group_id, ordinal, size, dispatched, rest_state, rest_reason"
-                " FROM groups WHERE job_id=? ORDER BY ordinal", (job_id,)).fetchall()
+                "SELECT g.job_id, g.group_id, g.ordinal, g.size,"
+                " (SELECT COUNT(*) FROM tasks t WHERE t.job_id=g.job_id AND"
+                "  t.group_id=g.group_id), g.rest_state, g.rest_reason"
+                " FROM groups g WHERE g.job_id=? ORDER BY g.ordinal", (job_id,)).fetchall()
         return [GroupRow(*r) for r in rows]
 
     def tasks(self, job_id: int, states: tuple[str, ...] = (),
@@ -269,17 +271,19 @@ class Store:
     def counts(self, job_id: int) -> dict[str, dict[str, int]]:
         """Per group, how many members are in each task state (undispatched included)."""
         result: dict[str, dict[str, int]] = {}
+        undispatched: dict[str, tuple[int, str | None]] = {}
         with self.reading() as db:
-            for group_id, size, dispatched, rest_state in db.execute(
-                    "SELECT group_id, size, dispatched, rest_state FROM groups"
+            for group_id, size, rest_state in db.execute(
+                    "SELECT group_id, size, rest_state FROM groups"
                     " WHERE job_id=? ORDER BY ordinal", (job_id,)):
-                counts = dict.fromkeys(TASK_STATES, 0)
-                counts[rest_state or "queued"] += size - dispatched
-                result[group_id] = counts
+                result[group_id] = dict.fromkeys(TASK_STATES, 0)
+                undispatched[group_id] = (size, rest_state)
             for group_id, state, n in db.execute(
                     "SELECT group_id, state, COUNT(*) FROM tasks WHERE job_id=?"
                     " GROUP BY group_id, state", (job_id,)):
                 result[group_id][state] += n
+        for group_id, (size, rest_state) in undispatched.items():
+            result[group_id][rest_state or "queued"] += size - sum(result[group_id].values())
         return result
 
     def events(self, job_id: int, limit: int = 100) -> list[tuple[float, str | None, str, str]]:

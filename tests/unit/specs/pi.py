@@ -1,0 +1,2 @@
+def count(seed, samples):
+    return 0
