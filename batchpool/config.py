@@ -101,7 +101,23 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
 
 
 def load_config(explicit: str | Path | None = None) -> Config:
-    """Read and validate the config in effect (or the built-in one)."""
+    """Read and validate the config in effect (or the built-in one).
+
+    The pool `dev` of a running `batchpool dev-cluster` is always available too,
+    unless the config defines its own `dev`.
+    """
+    config = _load_file_config(explicit)
+    dev_file = paths.home() / "dev-cluster" / "batchpool.toml"
+    if "dev" in config.pools or not dev_file.is_file() or (
+            config.source and Path(config.source).resolve() == dev_file.resolve()):
+        return config
+    dev = _load_file_config(dev_file).pools.get("dev")
+    if dev is None:
+        return config
+    return config.model_copy(update={"pools": {**config.pools, "dev": dev}})
+
+
+def _load_file_config(explicit: str | Path | None) -> Config:
     path = find_config(explicit)
     if path is None:
         return Config(pools={"local": local_pool()})

@@ -415,6 +415,9 @@ class Controller:
             if node.state not in (NodeState.UNUSABLE, NodeState.UNREACHABLE):
                 node.move(NodeState.LEAVING, "controller stopped")
         await asyncio.gather(*(n.close() for n in self.nodes.values()), return_exceptions=True)
+        for node in self.nodes.values():
+            if node.state == NodeState.LEAVING:
+                node.move(NodeState.OFFLINE, "no controller is running")
         if self._writer is not None:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)

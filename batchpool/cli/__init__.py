@@ -7,6 +7,7 @@ import logging
 import click
 
 from batchpool import __version__
+from batchpool.cli.devcluster import dev_cluster
 from batchpool.cli.job import job
 from batchpool.cli.pool import node, pool
 from batchpool.cli.run import run
@@ -30,3 +31,4 @@ main.add_command(run)
 main.add_command(job)
 main.add_command(pool)
 main.add_command(node)
+main.add_command(dev_cluster)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from batchpool import paths
+from batchpool import defaults, paths
 from batchpool.errors import BatchpoolError, LocatedError
 from batchpool.store import Store
 
@@ -27,6 +27,13 @@ config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), envvar="BATCHPOOL_CONFIG",
     help="batchpool.toml to use (default: $BATCHPOOL_CONFIG, ./batchpool.toml, "
          "then the user config dir).")
+
+
+retry_backoff_option = click.option(
+    "--retry-backoff", type=float, default=defaults.RETRY_BACKOFF, show_default=True,
+    envvar="BATCHPOOL_RETRY_BACKOFF", metavar="SECONDS",
+    help="Wait before the first retry of a failed task; doubles per retry (max "
+         f"{defaults.RETRY_BACKOFF_MAX:.0f}s).")
 
 
 def handle_errors(command: F) -> F:

@@ -18,6 +18,7 @@ from batchpool.cli.common import (
     handle_errors,
     json_option,
     open_store,
+    retry_backoff_option,
 )
 from batchpool.cli.run import run_and_report
 from batchpool.config import load_config
@@ -176,16 +177,18 @@ def outputs(job_id: int, dest: str | None, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 @click.option("--pool", help="Run on this pool instead of the job's own.")
 @config_option
+@retry_backoff_option
 @json_option
 @handle_errors
-def resume(job_id: int, pool: str | None, config_file: str | None, as_json: bool) -> None:
+def resume(job_id: int, pool: str | None, config_file: str | None, retry_backoff: float,
+           as_json: bool) -> None:
     """Continue a job whose foreground run was killed: finished tasks are not run again."""
     store = open_store()
     job_row = store.claim(job_id, owner_id(), stale_after=defaults.OWNER_STALE,
                           owner_gone=owner_gone)
     pool_config = load_config(config_file).pool(pool or job_row.pool)
     click.echo(f"resuming job {job_id} ({job_row.name}) on pool {pool_config.name}", err=True)
-    sys.exit(run_and_report(store, pool_config, job_id, as_json))
+    sys.exit(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
 
 
 def _read(path: Path) -> str:

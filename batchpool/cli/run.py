@@ -16,12 +16,14 @@ from batchpool.cli.common import (
     handle_errors,
     json_option,
     open_store,
+    retry_backoff_option,
 )
 from batchpool.config import PoolConfig, load_config
 from batchpool.controller import owner_id
 from batchpool.display import LiveDisplay, counts_table
 from batchpool.reports import job_report
 from batchpool.runner import run_jobs
+from batchpool.scheduler import RetryPolicy
 from batchpool.spec import load_spec
 from batchpool.store import Store
 
@@ -30,9 +32,11 @@ from batchpool.store import Store
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--pool", help="Pool to run on (default: the spec's pool, then the config's).")
 @config_option
+@retry_backoff_option
 @json_option
 @handle_errors
-def run(spec: str, pool: str | None, config_file: str | None, as_json: bool) -> None:
+def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: float,
+        as_json: bool) -> None:
     """Submit SPEC and run it in the foreground, with live progress.
 
     Exits 0 only if every task succeeded, 1 if any failed or the job was cancelled,
@@ -46,13 +50,15 @@ def run(spec: str, pool: str | None, config_file: str | None, as_json: bool) -> 
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),
                           state="running", owner=owner_id())
     click.echo(f"job {job_id} ({job_spec.name}) on pool {pool_config.name}", err=True)
-    sys.exit(run_and_report(store, pool_config, job_id, as_json))
+    sys.exit(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
 
 
-def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: bool) -> int:
+def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: bool,
+                   retry_backoff: float) -> int:
     """Run a claimed job in the foreground, print its summary; returns the exit status."""
     results = asyncio.run(run_jobs(store, pool_config, [job_id],
-                                   display=None if as_json else LiveDisplay))
+                                   display=None if as_json else LiveDisplay,
+                                   retry_policy=RetryPolicy(base=retry_backoff)))
     progress = results[job_id]
     report = job_report(store, job_id)
     if as_json:

@@ -13,13 +13,14 @@ class NodeState(StrEnum):
     UNREACHABLE = "unreachable"  # was up, stopped answering (missed heartbeats, link lost)
     UNUSABLE = "unusable"        # cannot be used: refused, wrong key, no python, start task failed
     LEAVING = "leaving"          # being removed from the pool
+    OFFLINE = "offline"          # no controller holds it (the controller stopped)
 
 
 #: States in which a node takes tasks.
 READY = frozenset({NodeState.IDLE, NodeState.RUNNING})
 
 #: States a node does not leave by itself.
-TERMINAL = frozenset({NodeState.UNUSABLE, NodeState.LEAVING})
+TERMINAL = frozenset({NodeState.UNUSABLE, NodeState.LEAVING, NodeState.OFFLINE})
 
 _ALLOWED: dict[NodeState, frozenset[NodeState]] = {
     NodeState.CONNECTING: frozenset({NodeState.STARTING, NodeState.IDLE, NodeState.UNUSABLE,
@@ -30,7 +31,8 @@ _ALLOWED: dict[NodeState, frozenset[NodeState]] = {
     NodeState.RUNNING: frozenset({NodeState.IDLE, NodeState.UNREACHABLE, NodeState.LEAVING}),
     NodeState.UNREACHABLE: frozenset({NodeState.CONNECTING, NodeState.LEAVING}),
     NodeState.UNUSABLE: frozenset({NodeState.CONNECTING, NodeState.LEAVING}),
-    NodeState.LEAVING: frozenset(),
+    NodeState.LEAVING: frozenset({NodeState.OFFLINE}),
+    NodeState.OFFLINE: frozenset({NodeState.CONNECTING}),
 }
 
 
