@@ -180,7 +180,8 @@ class Controller:
                                   self._on_message, self._on_lost)
             self.nodes[session.name] = session
         self._write_nodes(self.clock())
-        await asyncio.gather(*(self._bring_up(node) for node in self.nodes.values()))
+        for node in self.nodes.values():  # in the background: work starts on the first up
+            self._spawn(self._bring_up(node))
 
     async def _bring_up(self, node: NodeSession) -> None:
         await node.start(self.connect_timeout)

@@ -1,0 +1,543 @@
+"""The batchpool node agent: one per node, driven over a byte stream.
+
+This file is sent verbatim over the channel and run with ``python3 -c BOOTSTRAP``
+(see ``launch.py``), so it must stay a single, self-contained, stdlib-only module that
+runs on any python3 >= 3.8. Annotations are strings (``from __future__``), so builtin
+generics are fine in them, but nothing newer than 3.8 may be evaluated at run time.
+
+Usage: ``python3 agent.py WORKDIR HEARTBEAT`` (or via the bootstrap). Messages are
+newline-delimited compact JSON objects, read from stdin and written to stdout; the
+protocol is described in docs/protocol.md.
+
+Threads: the main thread reads messages and starts tasks; one reaper thread waits for
+any child to exit and reports it; one timer thread sends heartbeats and enforces
+timeouts and kill grace periods. There is no thread per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import heapq
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+PROTOCOL_VERSION = 1
+GRACE = 2.0  # seconds between SIGTERM and SIGKILL (cancel, timeout)
+SHELL = "/bin/sh"
+
+_HB, _TIMEOUT, _GRACE = 0, 1, 2  # timer event kinds
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII-safe: surrogates escaped
+
+
+class BadMessage(ValueError):
+    """A message that breaks the protocol; reported to the controller, not fatal."""
+
+
+class Task:
+    """One running attempt: a ``/bin/sh -c`` leader in its own session."""
+
+    __slots__ = (
+        "cancelled",
+        "dir",
+        "finished",
+        "key",
+        "links",
+        "outputs",
+        "pid",
+        "proc",
+        "start",
+        "term_sent",
+        "timed_out",
+    )
+
+    def __init__(self, key: str, directory: str, outputs: list[str], links: list[str],
+                 proc: subprocess.Popen[bytes], start: float) -> None:
+        self.key = key
+        self.dir = directory
+        self.outputs = outputs
+        self.links = links  # link names relative to dir, normalised
+        self.proc: subprocess.Popen[bytes] | None = proc  # kept alive until reaped
+        self.pid = proc.pid  # also the process group id
+        self.start = start
+        self.timed_out = False
+        self.cancelled = False
+        self.term_sent = False
+        self.finished = False  # set under Agent.lock before the leader is reaped
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a process group; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def exit_status(status: int) -> tuple[int | None, int | None]:
+    """(exit code, signal number) from a wait status; exactly one is not None."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+def match_outputs(directory: str, patterns: list[str], links: list[str]) -> dict[str, list[str]]:
+    """For each glob, the sorted paths it matches relative to ``directory``.
+
+    ``**`` matches any number of directories. Links the agent made for the attempt
+    (its inputs) and anything reached through them are not outputs and are left out.
+    """
+    base = glob.escape(directory)
+    cut = len(directory) + 1
+    result: dict[str, list[str]] = {}
+    for pattern in patterns:
+        found = set()
+        for path in glob.iglob(os.path.join(base, pattern), recursive=True):
+            rel = os.path.normpath(path[cut:]) if path.startswith(directory + os.sep) else ""
+            if not rel or rel == ".":
+                continue
+            if links and any(rel == name or rel.startswith(name + os.sep) for name in links):
+                continue
+            found.add(rel)
+        result[pattern] = sorted(found)
+    return result
+
+
+def _relative_name(name: object, what: str) -> str:
+    """A normalised relative path that stays inside its base directory."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise BadMessage(f"{what} must be a non-empty string")
+    norm = os.path.normpath(name)
+    if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+        raise BadMessage(f"{what} {name!r} must be a relative path inside the task directory")
+    return norm
+
+
+def parse_run(msg: dict[str, Any]) -> tuple[str, dict[str, str], float | None,
+                                             list[tuple[str, str]], list[str]]:
+    """Validate a run message: (cmd, env, timeout, links, outputs); raises BadMessage."""
+    cmd = msg.get("cmd")
+    if not isinstance(cmd, str):
+        raise BadMessage("run: cmd must be a string")
+    env = msg.get("env") or {}
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise BadMessage("run: env must map strings to strings")
+    timeout = msg.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise BadMessage("run: timeout must be null or a positive number")
+        timeout = float(timeout)
+    links: list[tuple[str, str]] = []
+    for item in msg.get("links") or []:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise BadMessage("run: each link must be [name, target]")
+        name = _relative_name(item[0], "run: link name")
+        target = item[1]
+        if not isinstance(target, str) or not target or "\0" in target:
+            raise BadMessage("run: link target must be a non-empty string")
+        links.append((name, target))
+    outputs = msg.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(g, str) and g for g in outputs):
+        raise BadMessage("run: outputs must be a list of non-empty strings")
+    for pattern in outputs:
+        if os.path.isabs(pattern) or ".." in pattern.split("/"):
+            raise BadMessage(f"run: output glob {pattern!r} must be relative, without '..'")
+    return cmd, env, timeout, links, outputs
+
+
+class Agent:
+    """The agent's state and its three threads."""
+
+    def __init__(self, workdir: str, heartbeat: float, reader: IO[bytes],
+                 writer: IO[bytes]) -> None:
+        self.workdir = workdir
+        self.heartbeat = heartbeat
+        self.reader = reader
+        self.out = writer
+        self.wlock = threading.Lock()
+        self.lock = threading.Lock()  # guards by_pid, by_key, spawning, Task.finished
+        self.children = threading.Condition(self.lock)  # children registered/spawn finished
+        self.spawning = 0  # spawns in flight (forked, maybe exited, not yet registered)
+        self.by_pid: dict[int, Task] = {}
+        self.by_key: dict[str, Task] = {}
+        self.tcond = threading.Condition()
+        self.heap: list[tuple[float, int, int, Task | None]] = []
+        self.compact_at = 1024
+        self.seq = itertools.count()
+        self.devnull = -1
+        self.exiting = False
+        self.stop_requested = False  # a signal arrived during a spawn
+
+    # ----------------------------------------------------------------- output
+
+    def write(self, data: bytes) -> None:
+        """Write whole lines and flush; a broken channel means the controller is gone."""
+        try:
+            with self.wlock:
+                self.out.write(data)
+                self.out.flush()
+        except (OSError, ValueError):
+            self.shutdown(0)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.write(_encode(msg).encode() + b"\n")
+
+    def error(self, text: str, key: str | None = None) -> None:
+        msg: dict[str, Any] = {"op": "error", "error": text}
+        if key is not None:
+            msg["key"] = key
+        self.send(msg)
+
+    def done_error(self, key: str, text: str) -> None:
+        self.send({"op": "done", "key": key, "exit": None, "signal": None, "timed_out": False,
+                   "cancelled": False, "cpu": 0.0, "wall": 0.0, "outputs": {}, "error": text})
+
+    # --------------------------------------------------------------- lifecycle
+
+    def hello(self) -> dict[str, Any]:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return {"op": "hello", "version": PROTOCOL_VERSION, "pid": os.getpid(),
+                "host": socket.gethostname(), "cores": cores,
+                "python": ".".join(str(n) for n in sys.version_info[:3]), "workdir": self.workdir}
+
+    def start(self) -> None:
+        self.devnull = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+        # A Ctrl-C meant for a local controller must not kill the agent (the controller
+        # decides); a Python-level handler, unlike SIG_IGN, is not inherited by tasks.
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        self.send(self.hello())
+        threading.Thread(target=self.guard, args=(self.reap_loop,), name="reaper",
+                         daemon=True).start()
+        threading.Thread(target=self.guard, args=(self.timer_loop,), name="timer",
+                         daemon=True).start()
+        if self.heartbeat > 0:
+            self.schedule(time.monotonic() + self.heartbeat, _HB, None)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Handlers run in the main thread between bytecodes. In the middle of a spawn the
+        # new child may not be registered yet, so the spawn finishes the shutdown itself.
+        if self.spawning:
+            self.stop_requested = True
+        else:
+            self.shutdown(0)
+
+    def guard(self, body: Any) -> None:
+        """Run a thread body; if it crashes, say so and take everything down."""
+        try:
+            body()
+        except BaseException as exc:
+            if not self.exiting:
+                try:
+                    self.send({"op": "fatal", "error": f"{body.__name__}: {exc!r}"})
+                finally:
+                    self.shutdown(1)
+
+    def shutdown(self, code: int) -> None:
+        """SIGKILL every running process group, flush what we can, and exit now."""
+        self.exiting = True
+        locked = self.lock.acquire(timeout=0.5)  # may be called from a signal handler
+        try:
+            if locked and threading.current_thread() is not threading.main_thread():
+                deadline = time.monotonic() + 1.0  # let a spawn in flight register its child
+                while self.spawning and time.monotonic() < deadline:
+                    self.children.wait(0.05)
+            for task in list(self.by_pid.values()):
+                if not task.finished:
+                    killpg(task.pid, signal.SIGKILL)
+        finally:
+            if locked:
+                self.lock.release()
+        if self.wlock.acquire(timeout=0.5):
+            with contextlib.suppress(OSError, ValueError):
+                self.out.flush()
+        os._exit(code)
+
+    # ------------------------------------------------------------ main thread
+
+    def serve(self) -> None:
+        """Read and handle messages until end of input, then stop everything."""
+        readline = self.reader.readline
+        while True:
+            line = readline()
+            if not line:
+                self.shutdown(0)
+            if line.strip():
+                self.handle(line)
+
+    def handle(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError as exc:
+            self.error(f"malformed message ({exc}): {line[:200]!r}")
+            return
+        if not isinstance(msg, dict):
+            self.error(f"malformed message (not an object): {line[:200]!r}")
+            return
+        op = msg.get("op")
+        if op == "run":
+            self.run(msg)
+        elif op == "kill":
+            key = msg.get("key")
+            if not isinstance(key, str):
+                self.error("kill: key must be a string")
+            else:
+                self.kill(key)
+        elif op == "ping":
+            self.send({"op": "pong", "t": msg.get("t")})
+        elif op == "exit":
+            self.shutdown(0)
+        else:
+            self.error(f"unknown op {op!r}", msg.get("key") if isinstance(
+                msg.get("key"), str) else None)
+
+    def resolve(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.workdir, path))
+
+    def run(self, msg: dict[str, Any]) -> None:
+        key = msg.get("key")
+        if not isinstance(key, str) or not key:
+            self.error("run: key must be a non-empty string")
+            return
+        try:
+            cmd, env, timeout, links, outputs = parse_run(msg)
+            directory = msg.get("dir")
+            if not isinstance(directory, str) or not directory or "\0" in directory:
+                raise BadMessage("run: dir must be a non-empty string")
+        except BadMessage as exc:
+            self.done_error(key, str(exc))
+            return
+        if key in self.by_key:
+            self.error(f"run: key {key!r} is already running; ignored", key)
+            return
+        directory = self.resolve(directory)
+        out_fd = err_fd = -1
+        try:
+            os.makedirs(directory, exist_ok=True)
+            for name, target in links:
+                self.link(directory, name, target)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+            out_fd = os.open(os.path.join(directory, "stdout"), flags, 0o666)
+            err_fd = os.open(os.path.join(directory, "stderr"), flags, 0o666)
+        except OSError as exc:
+            for fd in (out_fd, err_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self.done_error(key, f"cannot prepare {directory}: {exc}")
+            return
+        full_env: dict[str, str] | None = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        # The spawn runs without the lock (it releases the GIL while the child execs, so
+        # the reaper keeps reporting); a child that exits before it is registered below
+        # is left a zombie by the reaper until `spawning` drops back to zero.
+        with self.lock:
+            self.spawning += 1
+        task: Task | None = None
+        try:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                [SHELL, "-c", cmd], cwd=directory, env=full_env, stdin=self.devnull,
+                stdout=out_fd, stderr=err_fd, close_fds=True, start_new_session=True)
+            task = Task(key, directory, outputs, [name for name, _ in links], proc, start)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.done_error(key, f"cannot start {SHELL}: {exc}")
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+            with self.lock:
+                if task is not None:  # registered before `spawning` drops: see on_signal
+                    self.by_pid[task.pid] = task
+                    self.by_key[key] = task
+                self.spawning -= 1
+                self.children.notify_all()
+        if self.stop_requested:
+            self.shutdown(0)
+        if task is None:
+            return
+        if timeout is not None:
+            self.schedule(start + timeout, _TIMEOUT, task)
+
+    def link(self, directory: str, name: str, target: str) -> None:
+        path = os.path.join(directory, name)
+        parent = os.path.dirname(path)
+        if parent != directory:
+            os.makedirs(parent, exist_ok=True)
+        target = self.resolve(target)
+        try:
+            os.symlink(target, path)
+        except FileExistsError:  # a retry in the same directory: replace the old link
+            os.unlink(path)
+            os.symlink(target, path)
+
+    def kill(self, key: str) -> None:
+        with self.lock:
+            task = self.by_key.get(key)
+            if task is None or task.finished:
+                return
+            task.cancelled = True
+            if task.term_sent:
+                return
+            task.term_sent = True
+            killpg(task.pid, signal.SIGTERM)
+        self.schedule(time.monotonic() + GRACE, _GRACE, task)
+
+    # ------------------------------------------------------------------ reaper
+
+    def reap_loop(self) -> None:
+        """Wait for any child to exit; report exits in batches with one flush."""
+        flags = os.WEXITED | os.WNOWAIT
+        while True:
+            with self.lock:
+                while not self.by_pid:
+                    self.children.wait()
+            try:
+                info = os.waitid(os.P_ALL, 0, flags)
+            except ChildProcessError:
+                time.sleep(0.01)  # a child is being registered; look again shortly
+                continue
+            lines: list[bytes] = []
+            while info is not None:
+                line = self.reap(info.si_pid)
+                if line:
+                    lines.append(line)
+                try:
+                    info = os.waitid(os.P_ALL, 0, flags | os.WNOHANG)
+                except ChildProcessError:
+                    info = None
+            if lines:
+                self.write(b"".join(lines))
+
+    def reap(self, pid: int) -> bytes | None:
+        """Reap one exited child (seen with WNOWAIT, so still a zombie); its done line."""
+        with self.lock:
+            while pid not in self.by_pid and self.spawning:
+                self.children.wait()  # it may be the child being registered right now
+            task = self.by_pid.pop(pid, None)
+            if task is not None:
+                task.finished = True  # from now on nobody signals this group
+                if self.by_key.get(task.key) is task:
+                    del self.by_key[task.key]
+        if task is None:  # not ours (a failed spawn): just collect it
+            with contextlib.suppress(ChildProcessError):
+                os.wait4(pid, os.WNOHANG)
+            return None
+        # The zombie leader still holds the group id: kill leftover background children.
+        killpg(pid, signal.SIGKILL)
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            cpu = usage.ru_utime + usage.ru_stime
+        except ChildProcessError:
+            status, cpu = 0, 0.0
+        wall = time.monotonic() - task.start
+        code, sig = exit_status(status)
+        if task.proc is not None:
+            task.proc.returncode = code if code is not None else -(sig or 0)
+            task.proc = None  # never waited on again
+        outputs: dict[str, list[str]] = {}
+        error = None
+        if code == 0 and task.outputs:
+            try:
+                outputs = match_outputs(task.dir, task.outputs, task.links)
+            except (OSError, ValueError, RecursionError) as exc:
+                error = f"cannot match outputs: {exc}"
+        return _encode({"op": "done", "key": task.key, "exit": code, "signal": sig,
+                        "timed_out": task.timed_out, "cancelled": task.cancelled,
+                        "cpu": round(cpu, 6), "wall": round(wall, 6), "outputs": outputs,
+                        "error": error}).encode() + b"\n"
+
+    # ------------------------------------------------------------------- timer
+
+    def schedule(self, when: float, kind: int, task: Task | None) -> None:
+        with self.tcond:
+            heap = self.heap
+            if len(heap) >= self.compact_at:  # drop deadlines of finished tasks
+                heap[:] = [e for e in heap if e[3] is None or not e[3].finished]
+                heapq.heapify(heap)
+                self.compact_at = max(1024, 2 * len(heap))
+            entry = (when, next(self.seq), kind, task)
+            heapq.heappush(heap, entry)
+            if heap[0] is entry:
+                self.tcond.notify()
+
+    def timer_loop(self) -> None:
+        heap = self.heap
+        while True:
+            with self.tcond:
+                while True:
+                    now = time.monotonic()
+                    if heap and heap[0][0] <= now:
+                        when, _, kind, task = heapq.heappop(heap)
+                        break
+                    self.tcond.wait(heap[0][0] - now if heap else None)
+            if kind == _HB:
+                try:
+                    load = round(os.getloadavg()[0], 2)
+                except (AttributeError, OSError):
+                    load = 0.0
+                self.send({"op": "hb", "t": round(time.time(), 3), "running": len(self.by_pid),
+                           "load": load})
+                self.schedule(max(when + self.heartbeat, now), _HB, None)
+            elif task is not None and kind == _TIMEOUT:
+                with self.lock:
+                    if task.finished:
+                        continue
+                    task.timed_out = True
+                    task.term_sent = True
+                    killpg(task.pid, signal.SIGTERM)
+                self.schedule(now + GRACE, _GRACE, task)
+            elif task is not None and kind == _GRACE:
+                with self.lock:
+                    if not task.finished:
+                        killpg(task.pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    # The channel gets a private descriptor; fd 1 becomes stderr so that a stray print
+    # can never corrupt the message stream.
+    chan = sys.stdout.fileno()
+    try:
+        chan = os.dup(chan)
+        os.dup2(sys.stderr.fileno(), 1)
+    except (OSError, ValueError):
+        pass
+    writer = open(chan, "wb", buffering=65536, closefd=False)  # noqa: SIM115
+    usage = "usage: agent WORKDIR HEARTBEAT_SECONDS"
+    if len(argv) != 2:
+        writer.write(_encode({"op": "fatal", "error": usage}).encode() + b"\n")
+        writer.flush()
+        return 1
+    workdir = os.path.abspath(os.path.expanduser(argv[0]))
+    try:
+        heartbeat = float(argv[1])
+        os.makedirs(workdir, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        writer.write(_encode({"op": "fatal", "error": f"{usage}: {exc}"}).encode()
+                     + b"\n")
+        writer.flush()
+        return 1
+    agent = Agent(workdir, heartbeat, sys.stdin.buffer, writer)
+    agent.start()
+    agent.serve()
+    return 0
+
+
+if __name__ in ("__main__", "__batchpool_agent__"):
+    sys.exit(main(sys.argv[1:]))
