@@ -99,6 +99,8 @@ class Controller:
         self._results_root = paths.work_root()
         self._results = f"{self._results_root}/"
         self._started: dict[str, float] = {}
+        self._mean_wall: float | None = None      # moving average of attempt durations
+        self._prefetching = False
 
     # -- running jobs ------------------------------------------------------------------
     async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
@@ -186,7 +188,8 @@ class Controller:
     async def _bring_up(self, node: NodeSession) -> None:
         await node.start(self.connect_timeout)
         if node.ready:
-            self.scheduler.add_node(node.name, node.slots)
+            factor = defaults.PREFETCH_FACTOR if self._prefetching else 1
+            self.scheduler.add_node(node.name, node.slots * factor)
         self._write_nodes(self.clock())
         self._wake.set()
 
@@ -236,10 +239,25 @@ class Controller:
             if missing:
                 outcome = Outcome(exit_code=0, error=f"output {missing[0]!r} matched no file")
         self._extra[key] = (message.get("cpu"), outputs)
+        self._observe_duration(message.get("wall"))
         if node.shares_results:
             self._finished(key, outcome)
         else:
             self._spawn(self._fetch_then_finish(node, key, outcome, outputs))
+
+    def _observe_duration(self, wall: object) -> None:
+        """Track how long attempts take; send short tasks ahead to the nodes."""
+        if not isinstance(wall, int | float):
+            return
+        mean = wall if self._mean_wall is None else 0.9 * self._mean_wall + 0.1 * wall
+        self._mean_wall = mean
+        short = mean < defaults.PREFETCH_BELOW
+        if short != self._prefetching:
+            self._prefetching = short
+            factor = defaults.PREFETCH_FACTOR if short else 1
+            for node in self.nodes.values():
+                if node.ready:
+                    self.scheduler.add_node(node.name, node.slots * factor)
 
     async def _fetch_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
                                  outputs: list[str]) -> None:

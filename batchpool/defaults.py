@@ -36,3 +36,10 @@ NODE_WORKDIR = "/tmp/batchpool"
 
 #: Python used to start the node agent, when a pool does not say.
 NODE_PYTHON = "python3"
+
+#: When attempts take less than this (seconds, moving average), each node is sent up to
+#: PREFETCH_FACTOR x its slots of tasks, the extra ones waiting on the node: the round
+#: trip to the controller then no longer idles a slot between short tasks. Long tasks
+#: are never sent ahead, so none waits behind another while a slot elsewhere is free.
+PREFETCH_BELOW = 0.5
+PREFETCH_FACTOR = 2

@@ -16,6 +16,7 @@ timeouts and kill grace periods. There is no thread per task.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import heapq
@@ -179,6 +180,9 @@ class Agent:
         self.devnull = -1
         self.exiting = False
         self.stop_requested = False  # a signal arrived during a spawn
+        self.slots = 0  # tasks run at once; 0 = no limit. Beyond it runs wait here, in order
+        self.active = 0  # admitted tasks: spawning or running (guarded by lock)
+        self.waiting: collections.deque[dict[str, Any]] = collections.deque()
 
     # ----------------------------------------------------------------- output
 
@@ -293,6 +297,13 @@ class Agent:
         op = msg.get("op")
         if op == "run":
             self.run(msg)
+        elif op == "slots":
+            n = msg.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                self.error("slots: n must be an integer >= 0")
+                return
+            self.slots = n
+            self.pump()
         elif op == "kill":
             key = msg.get("key")
             if not isinstance(key, str):
@@ -311,10 +322,39 @@ class Agent:
         return os.path.normpath(os.path.join(self.workdir, path))
 
     def run(self, msg: dict[str, Any]) -> None:
+        """Start a task now, or queue it here until a slot frees (prefetched work)."""
         key = msg.get("key")
         if not isinstance(key, str) or not key:
             self.error("run: key must be a non-empty string")
             return
+        with self.lock:
+            if self.slots and (self.active >= self.slots or self.waiting):
+                self.waiting.append(msg)
+                return
+            self.active += 1
+        if not self.launch(msg, key):
+            self.release()
+
+    def release(self) -> None:
+        """A slot freed (a task ended or never started): start waiting tasks."""
+        with self.lock:
+            self.active -= 1
+        self.pump()
+
+    def pump(self) -> None:
+        """Start waiting tasks while there are free slots (called by any thread)."""
+        while not self.exiting:
+            with self.lock:
+                if not self.waiting or (self.slots and self.active >= self.slots):
+                    return
+                msg = self.waiting.popleft()
+                self.active += 1
+            if not self.launch(msg, msg["key"]):
+                with self.lock:
+                    self.active -= 1
+
+    def launch(self, msg: dict[str, Any], key: str) -> bool:
+        """Prepare the attempt directory and spawn the task; False if it did not start."""
         try:
             cmd, env, timeout, links, outputs = parse_run(msg)
             directory = msg.get("dir")
@@ -322,10 +362,10 @@ class Agent:
                 raise BadMessage("run: dir must be a non-empty string")
         except BadMessage as exc:
             self.done_error(key, str(exc))
-            return
+            return False
         if key in self.by_key:
             self.error(f"run: key {key!r} is already running; ignored", key)
-            return
+            return False
         directory = self.resolve(directory)
         out_fd = err_fd = -1
         try:
@@ -340,7 +380,7 @@ class Agent:
                 if fd >= 0:
                     os.close(fd)
             self.done_error(key, f"cannot prepare {directory}: {exc}")
-            return
+            return False
         full_env: dict[str, str] | None = None
         if env:
             full_env = dict(os.environ)
@@ -371,9 +411,10 @@ class Agent:
         if self.stop_requested:
             self.shutdown(0)
         if task is None:
-            return
+            return False
         if timeout is not None:
             self.schedule(start + timeout, _TIMEOUT, task)
+        return True
 
     def link(self, directory: str, name: str, target: str) -> None:
         path = os.path.join(directory, name)
@@ -389,7 +430,16 @@ class Agent:
 
     def kill(self, key: str) -> None:
         with self.lock:
+            queued = [m for m in self.waiting if m.get("key") == key]
+            for msg in queued:
+                self.waiting.remove(msg)
             task = self.by_key.get(key)
+        if queued:  # never started: report it cancelled at once
+            self.send({"op": "done", "key": key, "exit": None, "signal": None,
+                       "timed_out": False, "cancelled": True, "cpu": 0.0, "wall": 0.0,
+                       "outputs": {}, "error": None})
+            return
+        with self.lock:
             if task is None or task.finished:
                 return
             task.cancelled = True
@@ -424,6 +474,7 @@ class Agent:
                     info = None
             if lines:
                 self.write(b"".join(lines))
+                self.pump()
 
     def reap(self, pid: int) -> bytes | None:
         """Reap one exited child (seen with WNOWAIT, so still a zombie); its done line."""
@@ -433,6 +484,7 @@ class Agent:
             task = self.by_pid.pop(pid, None)
             if task is not None:
                 task.finished = True  # from now on nobody signals this group
+                self.active -= 1
                 if self.by_key.get(task.key) is task:
                     del self.by_key[task.key]
         if task is None:  # not ours (a failed spawn): just collect it

@@ -100,6 +100,8 @@ class NodeSession:
         self.slots = self.settings.slots or self.cores
         self.last_seen = time.time()
         self._reader = asyncio.create_task(self._read_loop(), name=f"read-{self.name}")
+        # the agent runs at most `slots` tasks at once; more may be sent ahead (prefetch)
+        self.send({"op": "slots", "n": self.slots})
         if self.settings.start_task:
             self.move(NodeState.STARTING)
             if not await self._run_start_task(self.settings.start_task):

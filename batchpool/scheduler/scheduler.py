@@ -212,7 +212,11 @@ class Scheduler:
 
     # -- nodes -----------------------------------------------------------------------
     def add_node(self, name: str, slots: int) -> None:
-        """A node ready for tasks (its start task succeeded)."""
+        """A node ready for tasks, or a new capacity for a known node.
+
+        `slots` is how many tasks may be placed on it at once; the controller may give
+        more than the node runs in parallel so that short tasks wait on the node itself.
+        """
         node = self._nodes.get(name)
         if node is None:
             self._nodes[name] = _Node(slots)
@@ -229,7 +233,7 @@ class Scheduler:
 
     @property
     def free_slots(self) -> int:
-        return sum(n.free for n in self._nodes.values())
+        return sum(max(0, n.free) for n in self._nodes.values())
 
     # -- placing -----------------------------------------------------------------------
     def schedule(self, now: float) -> list[Effect]:

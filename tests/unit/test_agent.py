@@ -575,3 +575,47 @@ def test_runs_under_python_3_8(agents: StartAgent, tmp_path: Path) -> None:
     agent.send({"op": "ping", "t": 1})
     assert agent.expect("pong")["t"] == 1
     assert agent.expect("hb", timeout=2)["running"] == 0
+
+
+def test_slots_limit_running_tasks_and_queue_the_rest_in_order(agents: StartAgent,
+                                                                tmp_path: Path) -> None:
+    agent = agents()
+    log = tmp_path / "order.log"
+    agent.send({"op": "slots", "n": 2})
+    for i in range(6):
+        agent.run(f"q{i}", f"echo start {i} >> {log}; sleep 0.3; echo end {i} >> {log}")
+    for i in range(6):
+        assert agent.expect("done", f"q{i}", timeout=10)["exit"] == 0
+    running, most = 0, 0
+    starts = []
+    for line in log.read_text().split("\n"):
+        if line.startswith("start"):
+            running += 1
+            starts.append(int(line.split()[1]))
+        elif line.startswith("end"):
+            running -= 1
+        most = max(most, running)
+    assert most == 2
+    assert starts == sorted(starts)  # queued tasks start in the order they were sent
+
+
+def test_kill_of_a_queued_task_reports_it_cancelled_without_running(agents: StartAgent,
+                                                                     tmp_path: Path) -> None:
+    agent = agents()
+    agent.send({"op": "slots", "n": 1})
+    agent.run("busy", "echo $$ > sh.pid; sleep 30")
+    agent.pids.append(read_pid(agent.task_dir("busy") / "sh.pid"))
+    agent.run("later", f"touch {tmp_path / 'ran'}")
+    agent.send({"op": "kill", "key": "later"})
+    done = agent.expect("done", "later", timeout=5)
+    assert done["cancelled"] is True and done["exit"] is None
+    agent.send({"op": "kill", "key": "busy"})
+    agent.expect("done", "busy", timeout=5)
+    time.sleep(0.3)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_bad_slots_message_is_an_error(agents: StartAgent) -> None:
+    agent = agents()
+    agent.send({"op": "slots", "n": -1})
+    assert "slots" in agent.expect("error")["error"]
