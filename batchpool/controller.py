@@ -40,6 +40,7 @@ from batchpool.scheduler import (
 )
 from batchpool.spec import JobSpec, TaskGroupSpec, render_command
 from batchpool.store import Store, StoreWriter
+from batchpool.store.writer import FIRST, LAST, ORDERED
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,8 @@ class Controller:
         if start.first:
             self._write("INSERT INTO tasks (job_id, task_id, group_id, position, state, node,"
                         " started) VALUES (?,?,?,?,'running',?,?)",
-                        (start.job_id, start.task_id, group.id, start.position, start.node, now))
+                        (start.job_id, start.task_id, group.id, start.position, start.node, now),
+                        FIRST)
         else:
             self._write("UPDATE tasks SET state='running', node=?, started=? WHERE job_id=? AND"
                         " task_id=?", (start.node, now, start.job_id, start.task_id))
@@ -376,7 +378,7 @@ class Controller:
                     (finish.job_id, finish.task_id, finish.attempt, finish.node or "?",
                      finish.attempt_state, started, now, finish.outcome.exit_code,
                      finish.outcome.signal, cpu, self._results + key,
-                     json.dumps(outputs) if outputs else None, finish.reason))
+                     json.dumps(outputs) if outputs else None, finish.reason), LAST)
         lost = 1 if finish.attempt_state == "lost" else 0
         self._write("UPDATE tasks SET state=?, attempts=attempts+?, lost=lost+?, exit_code=?,"
                     " signal=?, reason=?, finished=? WHERE job_id=? AND task_id=?",
@@ -418,9 +420,9 @@ class Controller:
         setattr(progress, state, getattr(progress, state) + n)
 
     # -- plumbing ------------------------------------------------------------------------
-    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+    def _write(self, sql: str, params: tuple[Any, ...], phase: int = ORDERED) -> None:
         assert self._writer is not None
-        self._writer.execute(sql, params)
+        self._writer.execute(sql, params, phase)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -28,11 +28,11 @@ class _CountsColumn(ProgressColumn):
             return Text("")
         now = time.time()
         eta = p.eta(now)
-        parts = [("done ", "dim"), (f"{p.succeeded}", "green"), ("  failed ", "dim"),
-                 (f"{p.failed}", "red" if p.failed else "dim"), ("  running ", "dim"),
-                 (f"{p.running}", "cyan"), ("  queued ", "dim"), (f"{p.queued}", ""),
-                 (f"  {p.rate(now):.1f}/s", "dim"),
-                 (f"  ETA {format_duration(eta)}" if eta is not None else "", "dim")]
+        parts = [("ok ", "dim"), (f"{p.succeeded}", "green"), (" failed ", "dim"),
+                 (f"{p.failed}", "red" if p.failed else "dim"), (" running ", "dim"),
+                 (f"{p.running}", "cyan"), (" queued ", "dim"), (f"{p.queued}", ""),
+                 (f" {p.rate(now):.1f}/s", "dim"),
+                 (f" ETA {format_duration(eta)}" if eta is not None else "", "dim")]
         return Text.assemble(*parts)
 
 
@@ -51,7 +51,7 @@ class LiveDisplay:
 
     def start(self) -> None:
         if self.console.is_terminal:
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
                                  TextColumn("{task.completed}/{task.total}"), _CountsColumn(),
                                  console=self.console, transient=False)
             self._task = self._bar.add_task(f"job {self.job.job_id} {self.job.name}",

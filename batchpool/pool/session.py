@@ -183,27 +183,35 @@ class NodeSession:
             self._drain = asyncio.create_task(self._stream.drain())
 
     async def _read_loop(self) -> None:
+        """Hand every complete line to the controller, a whole chunk at a time."""
         assert self._stream is not None
         stream = self._stream
         reason = "connection to the node closed"
+        partial = b""
         try:
             while True:
-                line = await stream.readline()
-                if not line:
+                data = await stream.read(1 << 16)
+                if not data:
                     break
                 self.last_seen = time.time()
-                try:
-                    message = decode(line)
-                except ProtocolError as exc:
-                    log.warning("node %s: %s", self.name, exc)
-                    continue
-                if message.get("op") == "hb":
-                    self.load = message.get("load")
-                self._on_message(self, message)
+                *lines, partial = (partial + data).split(b"\n")
+                for line in lines:
+                    if line:
+                        self._handle(line)
         except (OSError, BatchpoolError) as exc:
             reason = f"connection to the node failed: {exc}"
         if self.state not in (NodeState.LEAVING, NodeState.UNUSABLE):
             self._on_lost(self, reason)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            message = decode(line)
+        except ProtocolError as exc:
+            log.warning("node %s: %s", self.name, exc)
+            return
+        if message.get("op") == "hb":
+            self.load = message.get("load")
+        self._on_message(self, message)
 
     def lost(self, reason: str) -> None:
         """Mark the node unreachable and drop its connection without waiting on it."""

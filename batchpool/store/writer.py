@@ -19,7 +19,13 @@ from batchpool import defaults
 
 log = logging.getLogger(__name__)
 
-Statement = tuple[str, Sequence[Any]]
+Statement = tuple[str, Sequence[Any], int]
+
+#: Phases of a batch. Statements of FIRST (inserts of new rows nothing else in the batch
+#: reads) and LAST (rows no other statement touches) may be moved within the batch, so
+#: each phase runs as few `executemany` calls as possible; ORDERED statements keep their
+#: order, consecutive identical ones being grouped.
+FIRST, ORDERED, LAST = 0, 1, 2
 
 
 class StoreWriter:
@@ -43,11 +49,11 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[Any] = (), phase: int = ORDERED) -> None:
         """Queue one statement; it is committed within about `interval` seconds."""
         if self._error is not None:
             raise self._error
-        self._pending.append((sql, params))
+        self._pending.append((sql, params, phase))
 
     def flush(self) -> None:
         """Block until everything queued so far is committed."""
@@ -97,10 +103,31 @@ class StoreWriter:
         try:
             if batch:
                 with db:
-                    for sql, params in batch:
-                        db.execute(sql, params)
+                    for phase in (FIRST, ORDERED, LAST):
+                        _execute_grouped(db, [(sql, p) for sql, p, ph in batch if ph == phase],
+                                         reorder=phase != ORDERED)
         except BaseException as exc:  # reported to the next caller, never swallowed
             log.exception("store write failed")
             self._error = exc
         for waiter in waiters:
             waiter.set()
+
+
+def _execute_grouped(db: sqlite3.Connection, statements: list[tuple[str, Sequence[Any]]],
+                     reorder: bool) -> None:
+    """Run statements with one executemany per run of identical SQL (per SQL if reorder)."""
+    if reorder:
+        groups: dict[str, list[Sequence[Any]]] = {}
+        for sql, params in statements:
+            groups.setdefault(sql, []).append(params)
+        for sql, rows in groups.items():
+            db.executemany(sql, rows)
+        return
+    start = 0
+    while start < len(statements):
+        sql = statements[start][0]
+        end = start + 1
+        while end < len(statements) and statements[end][0] == sql:
+            end += 1
+        db.executemany(sql, [params for _, params in statements[start:end]])
+        start = end

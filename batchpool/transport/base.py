@@ -40,6 +40,9 @@ class AgentStream(Protocol):
     async def readline(self) -> bytes:
         """The next line from the agent; b"" once the agent is gone."""
 
+    async def read(self, limit: int) -> bytes:
+        """Whatever the agent has sent, up to `limit` bytes (at least one); b"" at the end."""
+
     def write(self, data: bytes) -> None:
         """Queue bytes for the agent (call `drain` to apply back-pressure)."""
 

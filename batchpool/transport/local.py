@@ -30,6 +30,12 @@ class _ProcessStream:
         except (ConnectionError, ValueError):
             return b""
 
+    async def read(self, limit: int) -> bytes:
+        try:
+            return await self._stdout.read(limit)
+        except (ConnectionError, ValueError):
+            return b""
+
     def write(self, data: bytes) -> None:
         if not self._stdin.is_closing():
             self._stdin.write(data)

@@ -288,6 +288,13 @@ class _AgentStream:
             return b""
         return line
 
+    async def read(self, limit: int) -> bytes:
+        try:
+            data: bytes = await self._process.stdout.read(limit)
+        except (asyncssh.Error, OSError, asyncssh.SignalReceived):
+            return b""
+        return data
+
     def write(self, data: bytes) -> None:
         # Like a pipe whose reader is gone: once the channel is closed, data is dropped;
         # the loss shows up as readline() returning b"".
