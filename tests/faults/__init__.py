@@ -1,0 +1,1 @@
+"""Fault-injection tests: real faults on real sshd nodes."""
