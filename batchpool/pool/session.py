@@ -62,10 +62,10 @@ class NodeSession:
         self._connection: Connection | None = None
         self._stream: AgentStream | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._drain: asyncio.Task[None] | None = None
         self._staged: dict[str, str] = {}       # local file path -> path on the node
         self._closing: asyncio.Task[None] | None = None
         self._outbox: list[bytes] = []
+        self._handling = False   # inside _read_loop's handling of a chunk: it flushes
         self._shares_results = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -169,7 +169,7 @@ class NodeSession:
         """
         if self._stream is None:
             return
-        if not self._outbox:
+        if not self._outbox and not self._handling:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(encode(message))
 
@@ -177,10 +177,10 @@ class NodeSession:
         if self._stream is None or not self._outbox:
             self._outbox.clear()
             return
+        # No drain per write: what is queued for an agent is bounded by the scheduler
+        # (at most its slots times the prefetch factor in flight), so the buffer stays small.
         self._stream.write(b"".join(self._outbox))
         self._outbox.clear()
-        if self._drain is None or self._drain.done():
-            self._drain = asyncio.create_task(self._stream.drain())
 
     async def _read_loop(self) -> None:
         """Hand every complete line to the controller, a whole chunk at a time."""
@@ -195,9 +195,14 @@ class NodeSession:
                     break
                 self.last_seen = time.time()
                 *lines, partial = (partial + data).split(b"\n")
-                for line in lines:
-                    if line:
-                        self._handle(line)
+                self._handling = True
+                try:
+                    for line in lines:
+                        if line:
+                            self._handle(line)
+                finally:
+                    self._handling = False
+                self._flush()  # replies (new tasks for the freed slots) go out at once
         except (OSError, BatchpoolError) as exc:
             reason = f"connection to the node failed: {exc}"
         if self.state not in (NodeState.LEAVING, NodeState.UNUSABLE):
