@@ -1,12 +1,17 @@
 """Monte Carlo estimate of pi, as a map (count hits for one seed) and a reduce (combine).
 
 map:    python3 pi.py --seed 7 --samples 2000000 --out part.json
-reduce: python3 pi.py --reduce DIR     (reads every part.json under DIR)
+call:   pi:count(seed=7, samples=2000000)   (the same map task as a Python call)
+reduce: python3 pi.py --reduce DIR     (reads every part.json or result.json under DIR)
 
 Each map task draws `samples` points in the unit square from its own seeded stream
 (numpy's PCG64 seeded with the task index, so results are reproducible and shards are
 independent) and counts those inside the quarter circle. The reduce pools the counts:
 pi ~= 4 * hits / samples, with standard error 4 * sqrt(p * (1 - p) / samples).
+
+The reduce takes the map's part.json files (job.toml) and the result.json files in which
+batchpool stores the return value of each `call = "pi:count"` task (call.toml): both
+hold the dict that count() returns.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ CHUNK = 1_000_000
 
 
 def count(seed: int, samples: int) -> dict[str, int]:
-    """Points of `samples` uniform draws that land inside the quarter circle."""
+    """Points of `samples` uniform draws that land inside the quarter circle.
+
+    One map task as a plain function, so that a `call` task can run it in a warm worker
+    without starting a process; the command-line map writes the same dict to part.json.
+    """
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
     rng = np.random.Generator(np.random.PCG64(seed))
     hits = 0
     left = samples
@@ -47,22 +58,55 @@ def combine(parts: list[dict[str, int]]) -> dict[str, float]:
             "samples": samples, "shards": len(parts), "error": abs(4.0 * p - math.pi)}
 
 
+PART_NAMES = ("part.json", "result.json")
+
+
+def find_parts(directory: Path) -> list[Path]:
+    """The map results under `directory`: part.json (command form) or result.json (call).
+
+    A task directory holding both counts once (part.json wins), so a re-run that left an
+    extra file behind cannot double-count a shard.
+    """
+    chosen: dict[Path, Path] = {}
+    for name in reversed(PART_NAMES):  # later names are overwritten by earlier ones
+        for path in directory.rglob(name):
+            chosen[path.parent] = path
+    return sorted(chosen.values())
+
+
+def load_part(path: Path) -> dict[str, int]:
+    """One map result, checked: a JSON object with integer hits <= samples."""
+    part = json.loads(path.read_text())
+    if not isinstance(part, dict) or not all(
+        isinstance(part.get(key), int) and not isinstance(part.get(key), bool)
+        for key in ("hits", "samples")
+    ):
+        raise ValueError(f"{path}: expected an object with integer 'hits' and 'samples'")
+    if not 0 <= part["hits"] <= part["samples"]:
+        raise ValueError(f"{path}: hits {part['hits']} not in 0..samples {part['samples']}")
+    return part
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--out", type=Path, default=Path("part.json"))
     parser.add_argument("--reduce", type=Path, metavar="DIR",
-                        help="combine every part.json found under DIR")
+                        help="combine every part.json or result.json found under DIR")
     args = parser.parse_args(argv)
     if args.reduce is None:
         args.out.write_text(json.dumps(count(args.seed, args.samples)))
         return 0
-    files = sorted(args.reduce.rglob("part.json"))
+    files = find_parts(args.reduce)
     if not files:
-        print(f"no part.json under {args.reduce}", file=sys.stderr)
+        print(f"no part.json or result.json under {args.reduce}", file=sys.stderr)
         return 1
-    result = combine([json.loads(f.read_text()) for f in files])
+    try:
+        result = combine([load_part(f) for f in files])
+    except ValueError as exc:
+        print(f"pi.py: {exc}", file=sys.stderr)
+        return 1
     Path("pi.json").write_text(json.dumps(result, indent=2))
     print(f"pi = {result['pi']:.6f} +/- {result['stderr']:.6f} "
           f"({result['samples']:,} samples in {result['shards']} shards; "
