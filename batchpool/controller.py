@@ -21,7 +21,7 @@ from typing import Any
 
 from batchpool import defaults, paths
 from batchpool.config import PoolConfig
-from batchpool.pool.providers import plan_pool
+from batchpool.pool.providers import NodePlan, plan_pool
 from batchpool.pool.session import NodeSession
 from batchpool.pool.states import NodeState
 from batchpool.progress import JobProgress
@@ -39,8 +39,10 @@ from batchpool.scheduler import (
     Start,
 )
 from batchpool.spec import JobSpec, TaskGroupSpec, render_command
+from batchpool.spec.placeholders import render_value
 from batchpool.store import Store, StoreWriter
 from batchpool.store.writer import FIRST, LAST, ORDERED
+from batchpool.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class Controller:
         self.nodes: dict[str, NodeSession] = {}
         self._writer: StoreWriter | None = None
         self._wake = asyncio.Event()
-        self._extra: dict[str, tuple[float | None, list[str]]] = {}
+        self._extra: dict[str, tuple[float | None, list[str], str | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._results_root = paths.work_root()
         self._results = f"{self._results_root}/"
@@ -108,9 +110,11 @@ class Controller:
         """Run the given (already claimed) jobs to their end; returns their progress."""
         self._writer = self.store.writer()
         try:
+            transport, plans = plan_pool(self.pool)
             for job_id in job_ids:
+                await self._place(job_id, tuple(plan.address.name for plan in plans))
                 await self._add_job(job_id)
-            await self._start_nodes()
+            await self._start_nodes(transport, plans)
             await self._loop()
         finally:
             await self._shutdown()
@@ -120,6 +124,20 @@ class Controller:
         """Cancel a job from inside the loop's thread (e.g. on Ctrl-C)."""
         self._apply(self.scheduler.cancel_job(job_id, reason))
         self._wake.set()
+
+    async def _place(self, job_id: int, nodes: tuple[str, ...]) -> None:
+        """Fix `on_every_node = true` groups to the pool's nodes, in the store, for good."""
+        spec = (await asyncio.to_thread(self.store.job, job_id)).spec
+        if not spec.unplaced:
+            return
+        placed = spec.on_nodes(nodes)
+        self._write("UPDATE jobs SET spec=? WHERE id=?", (placed.model_dump_json(), job_id))
+        for group in placed.tasks:
+            if group.pinned is not None:
+                self._write("UPDATE groups SET size=? WHERE job_id=? AND group_id=?",
+                            (group.size, job_id, group.id))
+        assert self._writer is not None
+        await asyncio.to_thread(self._writer.flush)
 
     async def _add_job(self, job_id: int) -> None:
         job = await asyncio.to_thread(self.store.job, job_id)
@@ -176,8 +194,7 @@ class Controller:
         self._write_nodes(now)
 
     # -- nodes ---------------------------------------------------------------------------
-    async def _start_nodes(self) -> None:
-        transport, plans = plan_pool(self.pool)
+    async def _start_nodes(self, transport: Transport, plans: list[NodePlan]) -> None:
         for plan in plans:
             session = NodeSession(plan.address, transport, plan.settings,
                                   self._on_message, self._on_lost)
@@ -191,6 +208,9 @@ class Controller:
         if node.ready:
             factor = defaults.PREFETCH_FACTOR if self._prefetching else 1
             self.scheduler.add_node(node.name, node.slots * factor)
+        else:  # its tasks pinned to it (on_every_node) fail; the rest run elsewhere
+            self._apply(self.scheduler.remove_node(node.name, self.clock(),
+                                                   f"{node.state}: {node.reason}"))
         self._write_nodes(self.clock())
         self._wake.set()
 
@@ -239,7 +259,9 @@ class Controller:
             missing = [glob for glob, found in matched.items() if not found]
             if missing:
                 outcome = Outcome(exit_code=0, error=f"output {missing[0]!r} matched no file")
-        self._extra[key] = (message.get("cpu"), outputs)
+        result = message.get("result")
+        self._extra[key] = (message.get("cpu"), outputs,
+                            result if isinstance(result, str) else None)
         self._observe_duration(message.get("wall"))
         if node.shares_results:
             self._finished(key, outcome)
@@ -289,10 +311,7 @@ class Controller:
                 if node is not None:
                     node.send({"op": "kill", "key": effect.key})
             elif isinstance(effect, Settle):
-                self._count(effect.job_id, effect.state, 1)
-                self._write("UPDATE tasks SET state=?, reason=?, finished=? WHERE job_id=?"
-                            " AND task_id=?", (effect.state, effect.reason, self.clock(),
-                                               effect.job_id, effect.task_id))
+                self._settle(effect)
             elif isinstance(effect, SettleRest):
                 self._settle_rest(effect)
             elif isinstance(effect, JobDone):
@@ -325,15 +344,23 @@ class Controller:
         values: dict[str, Any] = {"index": index, **start.params, "task_id": start.task_id,
                                   "job_id": start.job_id, "attempt": start.attempt,
                                   "node": node.name}
-        command = render_command(group.command or "", values)
+        call: dict[str, Any] | None = None
+        if group.call is not None:
+            typed = {**values, "index": start.index}  # "{index}" alone stays an int
+            call = {"target": group.call, "args": render_value(list(group.args), typed),
+                    "kwargs": render_value(dict(group.kwargs), typed)}
+        command = render_command(group.command, values) if group.command is not None else None
         env = {**run.spec.env, **group.env,
                "BATCHPOOL_JOB_ID": str(start.job_id), "BATCHPOOL_TASK_ID": start.task_id,
                "BATCHPOOL_TASK_INDEX": index,
                "BATCHPOOL_ATTEMPT": str(start.attempt), "BATCHPOOL_NODE": node.name,
                "BATCHPOOL_INPUTS_DIR": node.node_path(f"{start.key}/inputs")}
         links = run.local_links if node.shares_results else []
-        return {"op": "run", "key": start.key, "cmd": command, "dir": start.key, "env": env,
-                "timeout": group.timeout, "links": links, "outputs": list(group.outputs)}
+        message = {"op": "run", "key": start.key, "cmd": command, "dir": start.key, "env": env,
+                   "timeout": group.timeout, "links": links, "outputs": list(group.outputs)}
+        if call is not None:
+            message["call"] = call
+        return message
 
     async def _stage_and_send(self, run: _JobRun, group: TaskGroupSpec, start: Start,
                               node: NodeSession, message: dict[str, Any]) -> None:
@@ -371,14 +398,14 @@ class Controller:
         started = self._started.pop(key, now)
         if finish.node:  # a lost attempt found on resume already has its row
             run.progress.running -= 1
-        cpu, outputs = self._extra.pop(key, (None, []))
+        cpu, outputs, result = self._extra.pop(key, (None, [], None))
         self._write("INSERT OR REPLACE INTO attempts (job_id, task_id, attempt, node, state,"
-                    " started, finished, exit_code, signal, cpu, dir, outputs, reason) VALUES"
-                    " (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " started, finished, exit_code, signal, cpu, dir, outputs, reason, result)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (finish.job_id, finish.task_id, finish.attempt, finish.node or "?",
                      finish.attempt_state, started, now, finish.outcome.exit_code,
                      finish.outcome.signal, cpu, self._results + key,
-                     json.dumps(outputs) if outputs else None, finish.reason), LAST)
+                     json.dumps(outputs) if outputs else None, finish.reason, result), LAST)
         lost = 1 if finish.attempt_state == "lost" else 0
         self._write("UPDATE tasks SET state=?, attempts=attempts+?, lost=lost+?, exit_code=?,"
                     " signal=?, reason=?, finished=? WHERE job_id=? AND task_id=?",
@@ -396,6 +423,19 @@ class Controller:
                                                      "node": finish.node,
                                                      "reason": finish.reason,
                                                      "final": finish.final})))
+
+    def _settle(self, settle: Settle) -> None:
+        self._count(settle.job_id, settle.state, 1)
+        if settle.new_row is not None:
+            group_id, position = settle.new_row
+            self._write("INSERT INTO tasks (job_id, task_id, group_id, position, state, reason,"
+                        " finished) VALUES (?,?,?,?,?,?,?)",
+                        (settle.job_id, settle.task_id, group_id, position, settle.state,
+                         settle.reason, self.clock()))
+        else:
+            self._write("UPDATE tasks SET state=?, reason=?, finished=? WHERE job_id=?"
+                        " AND task_id=?", (settle.state, settle.reason, self.clock(),
+                                           settle.job_id, settle.task_id))
 
     def _settle_rest(self, settle: SettleRest) -> None:
         self._count(settle.job_id, settle.state, settle.count)

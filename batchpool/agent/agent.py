@@ -11,7 +11,9 @@ protocol is described in docs/protocol.md.
 
 Threads: the main thread reads messages and starts tasks; one reaper thread waits for
 any child to exit and reports it; one timer thread sends heartbeats and enforces
-timeouts and kill grace periods. There is no thread per task.
+timeouts and kill grace periods. There is no thread per task. Python calls (``call``
+tasks and Executor calls) run in warm worker processes (worker.py, whose source the
+controller sends once), each served by one thread of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import heapq
 import itertools
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -39,6 +42,7 @@ GRACE = 2.0  # seconds between SIGTERM and SIGKILL (cancel, timeout)
 SHELL = "/bin/sh"
 
 _HB, _TIMEOUT, _GRACE = 0, 1, 2  # timer event kinds
+RESULT_FILE = "result.json"  # where a worker leaves a call's JSON return value
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII-safe: surrogates escaped
 
 
@@ -129,7 +133,7 @@ def parse_run(msg: dict[str, Any]) -> tuple[str, dict[str, str], float | None,
                                              list[tuple[str, str]], list[str]]:
     """Validate a run message: (cmd, env, timeout, links, outputs); raises BadMessage."""
     cmd = msg.get("cmd")
-    if not isinstance(cmd, str):
+    if not isinstance(cmd, str) and not ("call" in msg and cmd is None):
         raise BadMessage("run: cmd must be a string")
     env = msg.get("env") or {}
     if not isinstance(env, dict) or not all(
@@ -155,7 +159,57 @@ def parse_run(msg: dict[str, Any]) -> tuple[str, dict[str, str], float | None,
     for pattern in outputs:
         if os.path.isabs(pattern) or ".." in pattern.split("/"):
             raise BadMessage(f"run: output glob {pattern!r} must be relative, without '..'")
-    return cmd, env, timeout, links, outputs
+    return cmd or "", env, timeout, links, outputs
+
+
+def parse_call(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """The worker request of a run message's ``call`` (None: a shell command task)."""
+    call = msg.get("call")
+    if call is None:
+        return None
+    if not isinstance(call, dict):
+        raise BadMessage("run: call must be an object")
+    if "pickle" in call:
+        if not isinstance(call["pickle"], str):
+            raise BadMessage("run: call.pickle must be a base64 string")
+        return {"pickle": call["pickle"]}
+    target = call.get("target")
+    if not isinstance(target, str) or ":" not in target:
+        raise BadMessage("run: call.target must be 'module:function'")
+    args, kwargs = call.get("args") or [], call.get("kwargs") or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise BadMessage("run: call.args must be a list and call.kwargs an object")
+    return {"target": target, "args": args, "kwargs": kwargs}
+
+
+class Worker:
+    """One warm worker process and the thread that feeds it calls, one at a time."""
+
+    def __init__(self, agent: Agent, source: str) -> None:
+        self.agent = agent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=agent.workdir, close_fds=True, start_new_session=True)
+        self.calls: queue.SimpleQueue[tuple[Task, dict[str, Any]]] = queue.SimpleQueue()
+        threading.Thread(target=agent.guard, args=(self.serve,), name="worker",
+                         daemon=True).start()
+
+    def serve(self) -> None:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        while True:
+            task, request = self.calls.get()
+            reply: dict[str, Any] | None = None
+            try:
+                stdin.write(_encode(request).encode() + b"\n")
+                stdin.flush()
+                line = stdout.readline()
+                reply = json.loads(line) if line else None
+            except (OSError, ValueError):
+                reply = None
+            self.agent.call_done(self, task, reply)
+            if reply is None:
+                return
 
 
 class Agent:
@@ -183,6 +237,9 @@ class Agent:
         self.slots = 0  # tasks run at once; 0 = no limit. Beyond it runs wait here, in order
         self.active = 0  # admitted tasks: spawning or running (guarded by lock)
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()
+        self.worker_source: str | None = None  # sent by the controller before any call
+        self.workers: set[Worker] = set()  # live worker processes (guarded by lock)
+        self.idle_workers: list[Worker] = []  # of those, the ones free for a call
 
     # ----------------------------------------------------------------- output
 
@@ -265,6 +322,8 @@ class Agent:
             for task in list(self.by_pid.values()):
                 if not task.finished:
                     killpg(task.pid, signal.SIGKILL)
+            for worker in list(self.workers):
+                killpg(worker.proc.pid, signal.SIGKILL)
         finally:
             if locked:
                 self.lock.release()
@@ -304,6 +363,12 @@ class Agent:
                 return
             self.slots = n
             self.pump()
+        elif op == "worker":
+            source = msg.get("source")
+            if not isinstance(source, str) or not source:
+                self.error("worker: source must be a non-empty string")
+                return
+            self.worker_source = source
         elif op == "kill":
             key = msg.get("key")
             if not isinstance(key, str):
@@ -357,6 +422,7 @@ class Agent:
         """Prepare the attempt directory and spawn the task; False if it did not start."""
         try:
             cmd, env, timeout, links, outputs = parse_run(msg)
+            call = parse_call(msg)
             directory = msg.get("dir")
             if not isinstance(directory, str) or not directory or "\0" in directory:
                 raise BadMessage("run: dir must be a non-empty string")
@@ -381,6 +447,10 @@ class Agent:
                     os.close(fd)
             self.done_error(key, f"cannot prepare {directory}: {exc}")
             return False
+        if call is not None:
+            os.close(out_fd)
+            os.close(err_fd)
+            return self.launch_call(key, directory, call, env, timeout, links, outputs)
         full_env: dict[str, str] | None = None
         if env:
             full_env = dict(os.environ)
@@ -415,6 +485,72 @@ class Agent:
         if timeout is not None:
             self.schedule(start + timeout, _TIMEOUT, task)
         return True
+
+    def launch_call(self, key: str, directory: str, call: dict[str, Any], env: dict[str, str],
+                    timeout: float | None, links: list[tuple[str, str]],
+                    outputs: list[str]) -> bool:
+        """Hand a Python call to an idle warm worker, starting one if none is free."""
+        if self.worker_source is None:
+            self.done_error(key, "no worker source: the controller sent no 'worker' message")
+            return False
+        with self.lock:
+            worker = self.idle_workers.pop() if self.idle_workers else None
+        if worker is None:
+            try:
+                worker = Worker(self, self.worker_source)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                self.done_error(key, f"cannot start a worker: {exc}")
+                return False
+        if "target" in call:
+            outputs = [*outputs, RESULT_FILE]
+        start = time.monotonic()
+        task = Task(key, directory, outputs, [name for name, _ in links], worker.proc, start)
+        with self.lock:
+            self.workers.add(worker)
+            self.by_key[key] = task
+        if timeout is not None:
+            self.schedule(start + timeout, _TIMEOUT, task)
+        worker.calls.put((task, {"dir": directory, "env": env, **call}))
+        return True
+
+    def call_done(self, worker: Worker, task: Task, reply: dict[str, Any] | None) -> None:
+        """A call ended (reply None: its worker died, e.g. killed for a timeout)."""
+        with self.lock:
+            task.finished = True
+            self.active -= 1
+            if self.by_key.get(task.key) is task:
+                del self.by_key[task.key]
+            if reply is None:
+                self.workers.discard(worker)
+            else:
+                self.idle_workers.append(worker)
+        code: int | None = 0
+        sig: int | None = None
+        error = None
+        if reply is None:
+            killpg(worker.proc.pid, signal.SIGKILL)
+            status = worker.proc.wait()
+            code, sig = (None, -status) if status < 0 else (None, signal.SIGKILL)
+            if not (task.timed_out or task.cancelled):
+                error = f"the Python worker died during the call (exit {status})"
+        elif not reply.get("ok"):
+            code, error = 1, str(reply.get("error") or "the call failed")
+        outputs: dict[str, list[str]] = {}
+        if code == 0 and task.outputs:
+            try:
+                outputs = match_outputs(task.dir, task.outputs, task.links)
+            except (OSError, ValueError, RecursionError) as exc:
+                error = f"cannot match outputs: {exc}"
+        done = {"op": "done", "key": task.key, "exit": code, "signal": sig,
+                "timed_out": task.timed_out, "cancelled": task.cancelled,
+                "cpu": (reply or {}).get("cpu", 0.0),
+                "wall": round(time.monotonic() - task.start, 6), "outputs": outputs,
+                "error": error}
+        for name in ("result", "pickle", "traceback"):
+            if reply is not None and name in reply:
+                done[name] = reply[name]
+        self.send(done)
+        self.pump()
 
     def link(self, directory: str, name: str, target: str) -> None:
         path = os.path.join(directory, name)

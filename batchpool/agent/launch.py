@@ -29,6 +29,7 @@ __all__ = [
     "bootstrap_payload",
     "decode",
     "encode",
+    "worker_source",
 ]
 
 AGENT_NAME = "__batchpool_agent__"
@@ -50,6 +51,12 @@ _encoder = json.JSONEncoder(separators=(",", ":"))
 def agent_source() -> bytes:
     """The agent's source code (agent.py), read on first use and cached."""
     return resources.files("batchpool.agent").joinpath("agent.py").read_bytes()
+
+
+@functools.cache
+def worker_source() -> str:
+    """The warm worker's source (worker.py), sent to each agent once."""
+    return resources.files("batchpool.agent").joinpath("worker.py").read_text()
 
 
 def __getattr__(name: str) -> bytes:

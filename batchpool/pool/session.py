@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchpool.agent.launch import bootstrap_command, bootstrap_payload, decode, encode
+from batchpool.agent.launch import (
+    bootstrap_command,
+    bootstrap_payload,
+    decode,
+    encode,
+    worker_source,
+)
 from batchpool.errors import BatchpoolError, ProtocolError, TransportError
 from batchpool.pool.states import READY, NodeState, can_move
 from batchpool.transport.base import AgentStream, Connection, NodeAddress, Transport
@@ -102,6 +108,7 @@ class NodeSession:
         self._reader = asyncio.create_task(self._read_loop(), name=f"read-{self.name}")
         # the agent runs at most `slots` tasks at once; more may be sent ahead (prefetch)
         self.send({"op": "slots", "n": self.slots})
+        self.send({"op": "worker", "source": worker_source()})  # for Python calls
         if self.settings.start_task:
             self.move(NodeState.STARTING)
             if not await self._run_start_task(self.settings.start_task):

@@ -61,6 +61,8 @@ class Settle:
     task_id: str
     state: str
     reason: str
+    #: (group id, position) of a member that was never dispatched, so has no row yet
+    new_row: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)

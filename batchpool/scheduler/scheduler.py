@@ -55,6 +55,7 @@ class _Group:
     cancelled: int = 0
     deps: list[_Group] = field(default_factory=list)
     dependants: list[_Group] = field(default_factory=list)
+    pinned: tuple[str, ...] | None = None            # on_every_node: member p runs on pinned[p]
 
     @property
     def settled(self) -> int:
@@ -139,6 +140,7 @@ class Scheduler:
         self._order: list[_Job] = []
         self._nodes: dict[str, _Node] = {}
         self._running: dict[str, _Running] = {}
+        self._gone: dict[str, str] = {}          # nodes that left, and why
 
     # -- jobs ------------------------------------------------------------------------
     def add_job(self, job_id: int, spec: JobSpec, now: float,
@@ -148,7 +150,8 @@ class Scheduler:
         job = _Job(job_id, spec, spec.priority, deadline)
         for group_spec in spec.tasks:
             job.groups[group_spec.id] = _Group(job, group_spec, group_spec.size,
-                                               group_spec.max_running)
+                                               group_spec.max_running,
+                                               pinned=group_spec.pinned)
         for group in job.groups.values():
             group.deps = [job.groups[d] for d in group.spec.depends_on]
             for dep in group.deps:
@@ -217,6 +220,7 @@ class Scheduler:
         `slots` is how many tasks may be placed on it at once; the controller may give
         more than the node runs in parallel so that short tasks wait on the node itself.
         """
+        self._gone.pop(name, None)
         node = self._nodes.get(name)
         if node is None:
             self._nodes[name] = _Node(slots)
@@ -224,8 +228,10 @@ class Scheduler:
             node.slots = slots
 
     def remove_node(self, name: str, now: float, reason: str = "node lost") -> list[Effect]:
-        """The node is gone: its attempts are lost and queued again, uncounted."""
+        """The node is gone (or never came): its attempts are lost and queued again,
+        uncounted, except those pinned to it, which fail, like its queued pinned tasks."""
         self._nodes.pop(name, None)
+        self._gone[name] = reason
         effects: list[Effect] = []
         for key in [k for k, r in self._running.items() if r.node == name]:
             effects += self.finished(key, Outcome(error=reason), now, lost=True)
@@ -249,13 +255,48 @@ class Scheduler:
                 if not group.has_work(now) or not group.unblocked():
                     continue
                 while free > 0 and group.under_limit() and group.has_work(now):
+                    if group.pinned is not None:
+                        started = self._start_pinned(job, group, now, effects)
+                        if started is None:
+                            break
+                        free -= started
+                        continue
                     effects.append(self._start(job, group, now))
                     free -= 1
                 if free <= 0:
                     return effects
         return effects
 
-    def _start(self, job: _Job, group: _Group, now: float) -> Start:
+    def _start_pinned(self, job: _Job, group: _Group, now: float,
+                      effects: list[Effect]) -> int | None:
+        """Start (1) or fail (0) the next member of a pinned group; None: its node is busy.
+
+        Members go in order: one whose node is busy or not up yet holds back the rest.
+        """
+        assert group.pinned is not None
+        retry = bool(group.retry and group.retry[0][0] <= now)
+        position = group.retry[0][1] if retry else group.cursor
+        node_name = group.pinned[position]
+        if node_name in self._gone:
+            if retry:
+                heapq.heappop(group.retry)
+                del group.tries[position]
+                new_row = None
+            else:
+                group.cursor += 1
+                new_row = (group.spec.id, position)
+            group.failed += 1
+            effects.append(Settle(job.id, group.spec.task_id(position), "failed",
+                                  f"node {node_name} is gone: {self._gone[node_name]}", new_row))
+            effects += self._fail_dependants(group) + self._maybe_done(job)
+            return 0
+        node = self._nodes.get(node_name)
+        if node is None or node.free <= 0:
+            return None
+        effects.append(self._start(job, group, now, node_name))
+        return 1
+
+    def _start(self, job: _Job, group: _Group, now: float, node_name: str | None = None) -> Start:
         if group.retry and group.retry[0][0] <= now:
             _, position = heapq.heappop(group.retry)
             tries = group.tries[position]
@@ -265,7 +306,10 @@ class Scheduler:
             group.cursor += 1
             tries = group.tries[position] = _Tries()
             first = True
-        node_name, node = max(self._nodes.items(), key=lambda item: item[1].free)
+        if node_name is None:
+            node_name, node = max(self._nodes.items(), key=lambda item: item[1].free)
+        else:
+            node = self._nodes[node_name]
         node.used += 1
         group.running += 1
         member = group.spec.member(position)
@@ -291,6 +335,9 @@ class Scheduler:
         tries = group.tries[run.position]
         effects: list[Effect] = []
         spec = group.spec
+        if lost and group.pinned is not None:  # it cannot run anywhere else
+            lost = False
+            outcome = Outcome(error=outcome.error or "node lost")
         if lost and job.cancelling is None:
             tries.lost += 1
             heapq.heappush(group.retry, (now, run.position))

@@ -174,7 +174,9 @@ class TaskGroupSpec(_Frozen):
     max_attempts: StrictInt = Field(default=3, ge=1)
     retry_exit_codes: tuple[ExitCode, ...] = ()
     outputs: Outputs = ()
-    on_every_node: StrictBool = False
+    #: ``true``: one task per node of the pool, fixed when the job starts (the node
+    #: names are then stored here, so a resumed job keeps them); or those node names.
+    on_every_node: StrictBool | tuple[StrictStr, ...] = False
     mpi: MpiSpec | None = None
 
     _index_set: IndexSet | None = PrivateAttr(default=None)
@@ -266,7 +268,13 @@ class TaskGroupSpec(_Frozen):
                         f"with '{name}'",
                         "on_every_node",
                     )
-        indexed = self.array is not None or bool(self.params)
+        if isinstance(self.on_every_node, tuple):
+            if not self.on_every_node:
+                raise spec_error("expected true or a non-empty list of node names",
+                                 "on_every_node")
+            if len(set(self.on_every_node)) != len(self.on_every_node):
+                raise spec_error("a node is listed twice", "on_every_node")
+        indexed = self.indexed
         if self.command is not None:
             problem = check_template(self.command, indexed, self.params)
             if problem:
@@ -281,6 +289,8 @@ class TaskGroupSpec(_Frozen):
         self._index_set = IndexSet.parse(self.array) if self.array is not None else None
         if self._index_set is not None:  # computed once: the scheduler asks on every dispatch
             self._size = len(self._index_set)
+        elif self.on_every_node is not False:
+            self._size = len(self.on_every_node) if isinstance(self.on_every_node, tuple) else 0
         else:
             self._size = math.prod(len(values) for values in self.params.values())
 
@@ -293,7 +303,12 @@ class TaskGroupSpec(_Frozen):
     @property
     def indexed(self) -> bool:
         """True for arrays and params grids (whose members have an ``{index}``)."""
-        return self.array is not None or bool(self.params)
+        return self.array is not None or bool(self.params) or self.on_every_node is not False
+
+    @property
+    def pinned(self) -> tuple[str, ...] | None:
+        """For ``on_every_node``: the node each member must run on (by position)."""
+        return self.on_every_node if isinstance(self.on_every_node, tuple) else None
 
     @property
     def size(self) -> int:
@@ -314,7 +329,7 @@ class TaskGroupSpec(_Frozen):
         self._check_position(position)
         if self._index_set is not None:
             return f"{self.id}[{self._index_set.nth(position)}]"
-        if self.params:
+        if self.params or self.on_every_node is not False:
             return f"{self.id}[{position}]"
         return self.id
 
@@ -332,6 +347,8 @@ class TaskGroupSpec(_Frozen):
                 chosen[name] = values[offset]
             return Member(f"{self.id}[{position}]", position,
                           {name: chosen[name] for name in self.params})
+        if self.on_every_node is not False:
+            return Member(f"{self.id}[{position}]", position, {})
         return Member(self.id, None, {})
 
 
@@ -392,6 +409,20 @@ class JobSpec(_Frozen):
     def group(self, group_id: str) -> TaskGroupSpec:
         """The task group called `group_id`; ``KeyError`` if there is none."""
         return self._groups[group_id]
+
+    @property
+    def unplaced(self) -> bool:
+        """Whether an ``on_every_node = true`` group still waits for the pool's nodes."""
+        return any(group.on_every_node is True for group in self.tasks)
+
+    def on_nodes(self, names: tuple[str, ...]) -> JobSpec:
+        """This spec with every ``on_every_node = true`` group fixed to these nodes."""
+        tasks = tuple(
+            TaskGroupSpec.model_validate(
+                {**group.model_dump(), "on_every_node": names}) if group.on_every_node is True
+            else group for group in self.tasks)
+        return JobSpec.model_validate({**self.model_dump(), "tasks": [
+            t.model_dump() for t in tasks]})
 
 
 def graph_problem(

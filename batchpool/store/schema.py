@@ -102,4 +102,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_job ON events (job_id, id);
     """,
+    # 2: the JSON return value of a Python call task
+    """
+    ALTER TABLE attempts ADD COLUMN result TEXT;
+    """,
 )

@@ -245,3 +245,58 @@ def test_spreads_over_nodes_with_most_free_slots() -> None:
     s.add_job(1, spec({"id": "a", "array": "0-3"}), now=0)
     nodes = sorted(p.node for p in starts(s.schedule(0)))
     assert nodes == ["n1", "n1", "n2", "n2"]
+
+
+# -- on_every_node: members pinned to nodes ----------------------------------------------
+
+
+def broadcast(nodes: tuple[str, ...], **task: Any) -> JobSpec:
+    return spec({"id": "b", "on_every_node": list(nodes), **task},
+                {"id": "r", "depends_on": ["b"]})
+
+
+def test_pinned_members_run_each_on_its_own_node() -> None:
+    s = make(slots=4)
+    s.add_node("n2", 4)
+    s.add_job(1, broadcast(("n1", "n2")), now=0)
+    placed = starts(s.schedule(0))
+    assert [(p.task_id, p.node) for p in placed] == [("b[0]", "n1"), ("b[1]", "n2")]
+    for p in placed:
+        s.finished(p.key, OK, now=1)
+    assert [p.task_id for p in starts(s.schedule(1))] == ["r"]
+
+
+def test_pinned_member_waits_for_its_node_to_come_up() -> None:
+    s = make(slots=4)
+    s.add_job(1, broadcast(("n1", "late")), now=0)
+    assert [p.node for p in starts(s.schedule(0))] == ["n1"]
+    assert starts(s.schedule(1)) == []  # "late" is not up: its member waits, not elsewhere
+    s.add_node("late", 1)
+    assert [(p.task_id, p.node) for p in starts(s.schedule(2))] == [("b[1]", "late")]
+
+
+def test_pinned_member_of_a_node_that_never_came_fails_and_the_job_ends() -> None:
+    s = make(slots=4)
+    s.add_job(1, broadcast(("n1", "dead")), now=0)
+    first = starts(s.schedule(0))[0]
+    s.remove_node("dead", now=1, reason="unusable: no python3")
+    effects = s.schedule(1)
+    settled = of(effects, Settle)
+    assert settled == [Settle(1, "b[1]", "failed", "node dead is gone: unusable: no python3",
+                              ("b", 1))]
+    assert of(effects, SettleRest)[0].reason == DEPENDENCY_FAILED  # the reduce
+    done = of(s.finished(first.key, OK, now=2), JobDone)
+    assert done[0].state == "failed"
+
+
+def test_pinned_attempt_on_a_lost_node_fails_instead_of_moving() -> None:
+    s = make(slots=4)
+    s.add_node("n2", 4)
+    s.add_job(1, broadcast(("n1", "n2"), max_attempts=3), now=0)
+    placed = starts(s.schedule(0))
+    lost = of(s.remove_node("n2", now=1, reason="no heartbeat"), Finish)[0]
+    assert lost.attempt_state == "failed" and lost.final is None  # retried, but only on n2
+    effects = s.schedule(5)
+    assert starts(effects) == []
+    assert of(effects, Settle)[0].task_id == "b[1]"
+    assert of(s.finished(placed[0].key, OK, now=6), JobDone)[0].state == "failed"

@@ -1,0 +1,164 @@
+"""A warm Python worker on a node: runs Python calls one at a time, in-process.
+
+Stdlib only, like the agent, which starts it as ``python3 -c <this source>`` and talks
+to it over its stdin/stdout with one JSON line per request and per reply. The point is
+the warm interpreter: modules imported by one call (numpy, the user's module) stay
+imported for the next, so a small numeric task does not pay an interpreter start and
+its imports every time.
+
+A request names the attempt directory and either a ``target`` ("module:function") with
+JSON ``args``/``kwargs``, or a ``pickle`` (base64 of a cloudpickled ``(fn, args,
+kwargs)``, from the Executor API). During the call the working directory is the
+attempt directory, the task's environment is applied, and file descriptors 1 and 2 go
+to the attempt's ``stdout``/``stderr`` files. The reply says ``ok`` or gives the error
+and traceback; a JSON call's return value is also written to ``result.json`` there.
+
+A call that hangs or must be cancelled is ended by killing this process: the agent
+then starts a fresh worker for the next call.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import json
+import os
+import pickle
+import resource
+import sys
+import traceback
+from typing import Any
+
+RESULT_FILE = "result.json"
+MAX_INLINE_RESULT = 1 << 16  # a JSON result this large or larger is sent as a file only
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _forget_stale_module(top: str, directory: str) -> None:
+    """Drop an imported `top` whose file is not the one in `directory` (a new version)."""
+    module = sys.modules.get(top)
+    if module is None:
+        return
+    for candidate in (os.path.join(directory, top + ".py"),
+                      os.path.join(directory, top, "__init__.py")):
+        if os.path.exists(candidate):
+            loaded = getattr(module, "__file__", None)
+            if loaded is None or os.path.realpath(loaded) != os.path.realpath(candidate):
+                for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                    del sys.modules[name]
+            return
+
+
+def resolve(target: str, directory: str) -> Any:
+    """The function named by "module:function", the module found first in `directory`."""
+    module_name, _, attr = target.partition(":")
+    _forget_stale_module(module_name.split(".")[0], directory)
+    sys.path.insert(0, directory)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(directory)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{target} is not callable")
+    return obj
+
+
+class _Redirected:
+    """fds 1 and 2 to the attempt's files, the environment and cwd set, for one call."""
+
+    def __init__(self, directory: str, env: dict[str, str]) -> None:
+        self.directory = directory
+        self.env = env
+        self.saved_env: dict[str, str | None] = {}
+        self.saved_fds: list[int] = []
+        self.saved_cwd = ""
+
+    def __enter__(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved_cwd = os.getcwd()
+        os.chdir(self.directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            self.saved_fds.append(os.dup(fd))
+            target = os.open(os.path.join(self.directory, name), flags, 0o666)
+            os.dup2(target, fd)
+            os.close(target)
+        for name, value in self.env.items():
+            self.saved_env[name] = os.environ.get(name)
+            os.environ[name] = value
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in enumerate(self.saved_fds, start=1):  # fds 1 and 2
+            os.dup2(saved, fd)
+            os.close(saved)
+        for name, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        os.chdir(self.saved_cwd)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        import cloudpickle
+        return bytes(cloudpickle.dumps(value))
+    except ImportError:
+        return pickle.dumps(value)
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one call; the reply (never raises for the call's own errors)."""
+    directory = request["dir"]
+    started = _cpu()
+    reply: dict[str, Any] = {"ok": True}
+    with _Redirected(directory, request.get("env") or {}):
+        try:
+            if "pickle" in request:
+                fn, args, kwargs = pickle.loads(base64.b64decode(request["pickle"]))
+            else:
+                fn = resolve(request["target"], directory)
+                args, kwargs = request.get("args") or [], request.get("kwargs") or {}
+            value = fn(*args, **kwargs)
+            if "pickle" in request:
+                reply["pickle"] = base64.b64encode(_dumps(value)).decode()
+            else:
+                text = json.dumps(value, allow_nan=False)
+                with open(RESULT_FILE, "w") as handle_:
+                    handle_.write(text + "\n")
+                if len(text) < MAX_INLINE_RESULT:
+                    reply["result"] = text
+        except (Exception, SystemExit) as exc:  # the call's failure is the task's, not ours
+            text = traceback.format_exc()
+            sys.stderr.write(text)
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": text}
+            if "pickle" in request:
+                # an exception that does not pickle: the text suffices
+                with contextlib.suppress(Exception):
+                    reply["pickle"] = base64.b64encode(_dumps(exc)).decode()
+    reply["cpu"] = round(_cpu() - started, 6)
+    return reply
+
+
+def main() -> None:
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # a stray print between calls must not corrupt the replies
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        reply = handle(json.loads(line))
+        channel.write(json.dumps(reply, separators=(",", ":")) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Python calls in the agent's warm workers, run for real through a real agent process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_harness import AgentProc, StartAgent, alive, wait_until
+
+from batchpool.agent.launch import worker_source
+
+MODULE = '''
+import os, sys, time
+CALLS = 0
+
+def count(n, scale=1):
+    global CALLS
+    CALLS += 1
+    print("counting", n)
+    print("to stderr", file=sys.stderr)
+    return {"n": n * scale, "calls": CALLS, "pid": os.getpid(), "cwd": os.getcwd(),
+            "env": os.environ.get("MY_VAR")}
+
+def boom():
+    raise ZeroDivisionError("no luck")
+
+def leave():
+    sys.exit(3)
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+def not_json():
+    return {1, 2}
+'''
+
+
+@pytest.fixture
+def agent(agents: StartAgent, tmp_path: Path) -> AgentProc:
+    started = agents()
+    started.send({"op": "worker", "source": worker_source()})
+    (tmp_path / "mod.py").write_text(MODULE)
+    return started
+
+
+def call(agent: AgentProc, key: str, target: str, tmp_path: Path, *args: Any,
+         timeout: float | None = None, env: dict[str, str] | None = None,
+         **kwargs: Any) -> dict[str, Any]:
+    agent.send({"op": "run", "key": key, "cmd": None, "dir": f"tasks/{key}",
+                "env": env or {}, "timeout": timeout, "outputs": [],
+                "links": [["mod.py", str(tmp_path / "mod.py")]],
+                "call": {"target": target, "args": list(args), "kwargs": kwargs}})
+    return agent.expect("done", key, timeout=30)
+
+
+def test_call_returns_json_result_and_captures_output(agent: AgentProc, tmp_path: Path) -> None:
+    done = call(agent, "a", "mod:count", tmp_path, 21, scale=2, env={"MY_VAR": "x y"})
+    assert done["exit"] == 0 and done["error"] is None, done
+    result = json.loads(done["result"])
+    assert result["n"] == 42 and result["env"] == "x y"
+    task_dir = agent.task_dir("a")
+    assert Path(result["cwd"]) == task_dir
+    assert json.loads((task_dir / "result.json").read_text()) == result
+    assert done["outputs"] == {"result.json": ["result.json"]}
+    assert (task_dir / "stdout").read_text() == "counting 21\n"
+    assert (task_dir / "stderr").read_text() == "to stderr\n"
+    assert "MY_VAR" not in os.environ
+
+
+def test_worker_stays_warm_between_calls(agent: AgentProc, tmp_path: Path) -> None:
+    first = json.loads(call(agent, "a", "mod:count", tmp_path, 1)["result"])
+    second = json.loads(call(agent, "b", "mod:count", tmp_path, 2)["result"])
+    assert second["pid"] == first["pid"], "the second call must reuse the warm worker"
+    assert second["calls"] == 2, "the module must stay imported between calls"
+    assert (agent.task_dir("b") / "stdout").read_text() == "counting 2\n"
+
+
+def test_changed_module_is_imported_afresh(agent: AgentProc, tmp_path: Path) -> None:
+    call(agent, "a", "mod:count", tmp_path, 1)
+    other = tmp_path / "v2"
+    other.mkdir()
+    (other / "mod.py").write_text("def count(n):\n    return 'v2'\n")
+    agent.send({"op": "run", "key": "b", "cmd": None, "dir": "tasks/b", "env": {},
+                "timeout": None, "outputs": [], "links": [["mod.py", str(other / "mod.py")]],
+                "call": {"target": "mod:count", "args": [1], "kwargs": {}}})
+    assert json.loads(agent.expect("done", "b")["result"]) == "v2"
+
+
+@pytest.mark.parametrize(("target", "error"), [
+    ("mod:boom", "ZeroDivisionError: no luck"),
+    ("mod:leave", "SystemExit: 3"),
+    ("mod:missing", "AttributeError"),
+    ("nosuchmodule:f", "ModuleNotFoundError"),
+    ("mod:not_json", "TypeError"),
+])
+def test_failing_call_fails_the_task_with_its_traceback(agent: AgentProc, tmp_path: Path,
+                                                         target: str, error: str) -> None:
+    done = call(agent, "a", target, tmp_path)
+    assert done["exit"] == 1 and error in done["error"], done
+    assert "Traceback" in done["traceback"]
+    assert "Traceback" in (agent.task_dir("a") / "stderr").read_text()
+    # the worker survived: the next call works
+    assert call(agent, "b", "mod:count", tmp_path, 1)["exit"] == 0
+
+
+def test_timeout_kills_the_worker_and_a_fresh_one_takes_the_next_call(
+        agent: AgentProc, tmp_path: Path) -> None:
+    pid = json.loads(call(agent, "a", "mod:count", tmp_path, 1)["result"])["pid"]
+    done = call(agent, "b", "mod:nap", tmp_path, 60, timeout=0.5)
+    assert done["timed_out"] and done["exit"] is None and done["signal"] == signal.SIGTERM
+    assert wait_until(lambda: not alive(pid), 5)
+    after = json.loads(call(agent, "c", "mod:count", tmp_path, 1)["result"])
+    assert after["pid"] != pid and after["calls"] == 1
+
+
+def test_kill_cancels_a_running_call(agent: AgentProc, tmp_path: Path) -> None:
+    agent.send({"op": "run", "key": "a", "cmd": None, "dir": "tasks/a", "env": {},
+                "timeout": None, "outputs": [], "links": [["mod.py", str(tmp_path / "mod.py")]],
+                "call": {"target": "mod:nap", "args": [60], "kwargs": {}}})
+    assert wait_until(lambda: (agent.task_dir("a") / "stdout").exists(), 10)
+    agent.send({"op": "kill", "key": "a"})
+    done = agent.expect("done", "a", timeout=10)
+    assert done["cancelled"] and done["exit"] is None
+
+
+def test_calls_run_in_parallel_workers(agent: AgentProc, tmp_path: Path) -> None:
+    for key in ("a", "b"):
+        agent.send({"op": "run", "key": key, "cmd": None, "dir": f"tasks/{key}", "env": {},
+                    "timeout": None, "outputs": [],
+                    "links": [["mod.py", str(tmp_path / "mod.py")]],
+                    "call": {"target": "mod:count", "args": [1], "kwargs": {}}})
+    pids = {json.loads(agent.expect("done", key)["result"])["pid"] for key in ("a", "b")}
+    assert len(pids) in (1, 2)  # two workers if the calls overlapped, else one reused
+
+
+def test_pickled_call_round_trip(agent: AgentProc, tmp_path: Path) -> None:
+    payload = base64.b64encode(pickle.dumps((divmod, (17, 5), {}))).decode()
+    agent.send({"op": "run", "key": "p", "cmd": None, "dir": "tasks/p", "env": {},
+                "timeout": None, "outputs": [], "links": [], "call": {"pickle": payload}})
+    done = agent.expect("done", "p")
+    assert done["exit"] == 0
+    assert pickle.loads(base64.b64decode(done["pickle"])) == (3, 2)
+    assert not (agent.task_dir("p") / "result.json").exists()
+
+
+def test_call_without_worker_source_is_an_error(agents: StartAgent, tmp_path: Path) -> None:
+    agent = agents()
+    agent.send({"op": "run", "key": "a", "cmd": None, "dir": "tasks/a", "env": {},
+                "timeout": None, "outputs": [], "links": [],
+                "call": {"target": "mod:count", "args": [], "kwargs": {}}})
+    done = agent.expect("done", "a")
+    assert "worker" in done["error"]
+
+
+def test_workers_die_with_the_agent(agent: AgentProc, tmp_path: Path) -> None:
+    pid = json.loads(call(agent, "a", "mod:count", tmp_path, 1)["result"])["pid"]
+    agent.send({"op": "exit"})
+    assert wait_until(lambda: not alive(pid), 5)
