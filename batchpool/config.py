@@ -3,20 +3,30 @@
 Looked for in: --config, $BATCHPOOL_CONFIG, ./batchpool.toml, the user config dir.
 With no file at all the pool `local` (this machine, one slot per core) exists and is
 the default.
+
+Errors read like spec errors (``batchpool.toml:4: pools.lab.hosts[1]: message``): the
+line comes from the same TOML scanner (`spec/locate.py`), and pydantic's messages are
+reworded by the same function as the spec's (`spec/load.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from batchpool import defaults, paths
 from batchpool.durations import parse_duration
-from batchpool.errors import ConfigError
+from batchpool.errors import ConfigError, SpecError
+from batchpool.spec.load import _existing_prefix, _message, _parse_toml
+from batchpool.spec.locate import FieldPath, LineMap, format_path, line_for, toml_lines
+
+#: Providers that may be named in a config but cannot run yet.
+NOT_IMPLEMENTED_PROVIDERS = frozenset({"command"})
 
 
 class PoolConfig(BaseModel):
@@ -43,16 +53,39 @@ class PoolConfig(BaseModel):
     resume_command: str | None = None
     suspend_command: str | None = None
 
-    @field_validator("slots_per_node")
+    # The file that defined this pool (None: built in), so that errors found when the
+    # pool is used can still point at it; the merged `dev` pool comes from another file.
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The config file this pool was read from, or None for the built-in `local`."""
+        return self._source
+
+    @field_validator("provider")
     @classmethod
-    def _positive_slots(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("slots_per_node must be >= 1 or \"auto\"")
+    def _implemented(cls, value: str) -> str:
+        # Refused here rather than when a job runs: by then the job would be recorded.
+        if value in NOT_IMPLEMENTED_PROVIDERS:
+            raise ValueError(f'provider "{value}" is not implemented yet; use "static" '
+                             '(a fixed list of SSH hosts) or "local" (this machine)')
         return value
+
+    @field_validator("slots_per_node", mode="before")
+    @classmethod
+    def _slots(cls, value: Any) -> Any:
+        # One message for the whole union instead of pydantic's one per member.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= 1):
+            return value
+        raise ValueError(f'must be an integer >= 1 or "auto", got {value!r}')
 
     @field_validator("idle_timeout", "heartbeat_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"expected a duration like '90s' or '5m', or seconds, "
+                             f"got {type(value).__name__}")
         return parse_duration(value)
 
 
@@ -63,16 +96,26 @@ class Config(BaseModel):
 
     default_pool: str = defaults.DEFAULT_POOL
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
-    source: str | None = None
+
+    # Private, so that a `source = ...` line in the file is an unknown setting.
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The config file in effect, or None when there is none."""
+        return self._source
 
     def pool(self, name: str | None) -> PoolConfig:
         """The named pool (or the default); ConfigError naming the known pools if absent."""
         wanted = name or self.default_pool
         if wanted in self.pools:
             return self.pools[wanted]
-        known = ", ".join(sorted(self.pools)) or "none"
         where = f" in {self.source}" if self.source else ""
-        raise ConfigError(f"no pool named {wanted!r}{where} (known pools: {known})")
+        raise ConfigError(f"no pool named {wanted!r}{where} (known pools: {self.known()})")
+
+    def known(self) -> str:
+        """The pool names, for messages."""
+        return ", ".join(sorted(self.pools)) or "none"
 
 
 def local_pool() -> PoolConfig:
@@ -85,14 +128,12 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
     """The config file in effect, or None when there is none."""
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        _must_be_file(path, f"config file {path}")
         return path
     env = os.environ.get("BATCHPOOL_CONFIG")
     if env:
         path = Path(env).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"$BATCHPOOL_CONFIG names {path}, which does not exist")
+        _must_be_file(path, f"$BATCHPOOL_CONFIG names {path}, which")
         return path
     for candidate in (Path("batchpool.toml"), paths.user_config_file()):
         if candidate.is_file():
@@ -100,13 +141,28 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
     return None
 
 
+def _must_be_file(path: Path, subject: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{subject} is a directory, not a file")
+    if not path.is_file():
+        raise ConfigError(f"{subject} does not exist")
+
+
 def load_config(explicit: str | Path | None = None) -> Config:
     """Read and validate the config in effect (or the built-in one).
 
     The pool `dev` of a running `batchpool dev-cluster` is always available too,
-    unless the config defines its own `dev`.
+    unless the config defines its own `dev`. `default_pool` must name a pool.
     """
-    config = _load_file_config(explicit)
+    config = _merge_dev(_load_file_config(explicit))
+    if config.default_pool not in config.pools:
+        raise config_error(config.source, ("default_pool",),
+                           f"no pool named {config.default_pool!r} (known pools: "
+                           f"{config.known()})")
+    return config
+
+
+def _merge_dev(config: Config) -> Config:
     dev_file = paths.home() / "dev-cluster" / "batchpool.toml"
     if "dev" in config.pools or not dev_file.is_file() or (
             config.source and Path(config.source).resolve() == dev_file.resolve()):
@@ -114,68 +170,100 @@ def load_config(explicit: str | Path | None = None) -> Config:
     dev = _load_file_config(dev_file).pools.get("dev")
     if dev is None:
         return config
-    return config.model_copy(update={"pools": {**config.pools, "dev": dev}})
+    merged = config.model_copy(update={"pools": {**config.pools, "dev": dev}})
+    merged._source = config.source
+    return merged
 
 
 def _load_file_config(explicit: str | Path | None) -> Config:
     path = find_config(explicit)
     if path is None:
         return Config(pools={"local": local_pool()})
-    text = path.read_text()
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(exc), file=str(path), line=_toml_error_line(exc)) from None
-    pools_data = data.get("pools", {})
+        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file: {exc}", file=str(path)) from None
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, filename: str) -> Config:
+    """Validate the TOML `text` of a config file; `filename` is used in errors only."""
+    try:
+        data = _parse_toml(text, filename)
+    except SpecError as exc:
+        raise ConfigError(exc.message, file=filename, line=exc.line) from None
+    lines = toml_lines(text)
+    pools_data = data.pop("pools", {})
     if not isinstance(pools_data, dict):
-        raise ConfigError("must be a table of pools", file=str(path), field="pools",
-                          line=_line_of(text, "pools"))
+        raise _located(filename, lines, ("pools",),
+                       "expected a table of pools ([pools.NAME]), got "
+                       f"{type(pools_data).__name__}")
+    problems: list[ConfigError] = []  # like spec errors: the one nearest the top wins
     pools = {"local": local_pool()}
     for name, table in pools_data.items():
+        where: FieldPath = ("pools", name)
         if not isinstance(table, dict):
-            raise ConfigError("must be a table", file=str(path), field=f"pools.{name}",
-                              line=_line_of(text, f"pools.{name}"))
-        try:
-            pools[name] = PoolConfig(name=name, **table)
-        except ValidationError as exc:
-            raise _config_error(exc, path, text, f"pools.{name}") from None
-    rest = {k: v for k, v in data.items() if k != "pools"}
+            problems.append(_located(filename, lines, where, "expected a table of settings "
+                                     f"([pools.{name}]), got {type(table).__name__}"))
+        elif "name" in table:  # the table's own name is the pool's name
+            problems.append(_located(filename, lines, (*where, "name"), "unknown setting: "
+                                     "a pool is named by its table, [pools.NAME]"))
+        else:
+            try:
+                pool = PoolConfig.model_validate({**table, "name": name})
+            except ValidationError as exc:
+                problems.append(_validation_error(exc, filename, lines, where, table,
+                                                  PoolConfig))
+                continue
+            pool._source = filename
+            pools[name] = pool
     try:
-        return Config(pools=pools, source=str(path), **rest)
+        config = Config.model_validate({**data, "pools": pools})
     except ValidationError as exc:
-        raise _config_error(exc, path, text, "") from None
+        problems.append(_validation_error(exc, filename, lines, (), data, Config))
+    if problems:
+        raise min(problems, key=lambda problem: problem.line or 0)
+    config._source = filename
+    return config
 
 
-def _config_error(exc: ValidationError, path: Path, text: str, prefix: str) -> ConfigError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown setting"
-    return ConfigError(message, file=str(path), line=_line_of(text, field), field=field)
+def config_error(file: str | None, path: FieldPath, message: str) -> ConfigError:
+    """A ConfigError at `path` (("pools", "lab", "hosts", 1)) of `file`, with its line.
+
+    For problems found after loading (e.g. when a pool is planned): the file is read
+    again to find the line, and a file that cannot be read just gives no line.
+    """
+    lines: LineMap = {}
+    if file:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines = toml_lines(Path(file).read_text(encoding="utf-8-sig").replace("\r\n", "\n"))
+    return _located(file, lines, path, message)
 
 
-def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
-    import re
-
-    match = re.search(r"line (\d+)", str(exc))
-    return int(match.group(1)) if match else None
+def _located(file: str | None, lines: LineMap, path: FieldPath, message: str) -> ConfigError:
+    line = line_for(lines, path) if file and lines and path else None
+    return ConfigError(message, file=file, line=line, field=format_path(path) or None)
 
 
-def _line_of(text: str, field: str) -> int | None:
-    """The line where `field` (a dotted path like pools.lab.hosts) is set, if found."""
-    parts = field.split(".")
-    table, key = ".".join(parts[:-1]), parts[-1]
-    current = ""
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if line.startswith("["):
-            current = line.strip("[] ")
-            if current == field:
-                return number
-            continue
-        name = line.split("=", 1)[0].strip().strip('"')
-        if "=" in line and name == key and current == table:
-            return number
-    return None
+def _validation_error(exc: ValidationError, file: str, lines: LineMap, prefix: FieldPath,
+                      data: Any, model: type[BaseModel]) -> ConfigError:
+    """The pydantic problem nearest the top of the file, worded like a spec error."""
+    problems: list[tuple[int, FieldPath, str]] = []
+    for error in exc.errors(include_url=False):
+        loc: FieldPath = tuple(error["loc"])
+        if error["type"] != "missing":
+            loc = _existing_prefix(data, loc)  # drops union tags such as `.int`
+        path = (*prefix, *loc)
+        if error["type"] == "extra_forbidden":
+            message = _unknown_setting(str(loc[-1]) if loc else "", model)
+        else:
+            message = _message(error, path)
+        problems.append((line_for(lines, path), path, message))
+    line, path, message = min(problems, key=lambda problem: problem[0])
+    return ConfigError(message, file=file, line=line, field=format_path(path) or None)
+
+
+def _unknown_setting(name: str, model: type[BaseModel]) -> str:
+    allowed = [field for field in model.model_fields if field != "name"]
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")

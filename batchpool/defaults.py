@@ -26,9 +26,13 @@ STORE_FLUSH_INTERVAL = 0.05
 #: Plain (non-terminal) progress lines are printed at most this often (seconds).
 PROGRESS_LINE_INTERVAL = 5.0
 
-#: A foreground `batchpool run` refreshes its ownership of the job this often; a job
-#: whose owner has been silent for OWNER_STALE seconds may be resumed elsewhere.
+#: How often a controller should refresh `owner_seen` on the jobs it runs. Not read
+#: yet: the controller refreshes it on each housekeeping turn (every second), which is
+#: well inside OWNER_STALE; it should use this value instead.
 OWNER_HEARTBEAT = 2.0
+#: A job whose owner has not refreshed `owner_seen` for this long is taken over by
+#: `job resume` and ended at once by `job cancel` (Store.claim, Store.finish_unowned);
+#: a dead owner process on this host counts at once. Keep it several OWNER_HEARTBEATs.
 OWNER_STALE = 10.0
 
 #: Where tasks run on a node, when a pool does not say.

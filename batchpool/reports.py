@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +49,58 @@ def latest_attempt(store: Store, job_id: int, task_id: str,
     raise NotFound(f"task {task_id!r} of job {job_id} has no attempt {attempt}")
 
 
-def copy_outputs(store: Store, job_id: int, dest: Path) -> list[Path]:
-    """Copy the outputs of every succeeded task to dest/TASK/...; returns the new files."""
-    copied = []
+@dataclass
+class CopyResult:
+    """What `copy_outputs` did: the files it wrote, and one message per failure."""
+
+    copied: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def copy_outputs(store: Store, job_id: int, dest: Path) -> CopyResult:
+    """Copy the outputs of every succeeded task to dest/TASK/...
+
+    An output may be a directory (its whole tree is copied). Nothing raises for a file
+    that cannot be copied: it becomes one message in `errors`, and the rest is copied.
+    """
+    result = CopyResult()
     for row in store.attempts(job_id):
         if row.state != "succeeded":
             continue
-        for output in row.outputs:
-            source = Path(row.dir) / output
-            target = dest / row.task_id / output
+        trees: list[Path] = []  # directories copied whole: what is inside is done
+        for output in sorted(row.outputs):
+            relative = Path(output)
+            if any(relative.is_relative_to(tree) for tree in trees):
+                continue
+            source = Path(row.dir) / relative
+            if source.is_dir():
+                trees.append(relative)
+            _copy(source, dest / row.task_id / relative, f"{row.task_id}/{output}", result)
+    return result
+
+
+def _copy(source: Path, target: Path, name: str, result: CopyResult) -> None:
+    def copy_file(src: str, dst: str) -> object:
+        if os.path.isdir(dst):  # copy2 would quietly copy into it instead
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", dst)
+        copied = shutil.copy2(src, dst)
+        result.copied.append(Path(dst))
+        return copied
+
+    try:
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=copy_file, dirs_exist_ok=True)
+        elif not source.exists():
+            result.errors.append(f"cannot copy {name}: {source} no longer exists")
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-            copied.append(target)
-    return copied
+            copy_file(str(source), str(target))
+    except shutil.Error as exc:  # copytree copies what it can, then lists the rest
+        problems = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [exc]
+        for problem in problems:
+            detail = (f"{problem[0]}: {problem[2]}" if isinstance(problem, tuple)
+                      and len(problem) == 3 else str(problem))
+            result.errors.append(f"cannot copy {name}: {detail}")
+    except OSError as exc:
+        result.errors.append(f"cannot copy {name} to {target}: "
+                             f"{exc.strerror or exc}")

@@ -3,24 +3,71 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 
-from batchpool.config import PoolConfig
-from batchpool.controller import Controller
+from batchpool.config import PoolConfig, config_error
+from batchpool.controller import Controller, owner_id
 from batchpool.display import LiveDisplay
+from batchpool.errors import BatchpoolError, ConfigError
+from batchpool.pool.providers import parse_host, plan_pool
 from batchpool.progress import JobProgress
 from batchpool.scheduler import RetryPolicy
+from batchpool.spec.locate import FieldPath
 from batchpool.store import Store
 
+log = logging.getLogger(__name__)
+
 DisplayFactory = Callable[[JobProgress], LiveDisplay | None]
+
+
+def check_pool(pool: PoolConfig) -> None:
+    """Plan `pool` as the controller will, so that a pool that cannot work is refused
+    before a job is recorded (or claimed) rather than after.
+
+    Raises ConfigError pointing at the pool in its config file.
+    """
+    where: FieldPath = ("pools", pool.name)
+    if pool.provider == "static":
+        where = (*where, "hosts")
+        for position, host in enumerate(pool.hosts):
+            try:
+                parse_host(host)
+            except ConfigError as exc:
+                raise config_error(pool.source, (*where, position), exc.message) from None
+    try:
+        plan_pool(pool)
+    except ConfigError as exc:
+        raise config_error(pool.source, where, exc.message) from None
 
 
 async def run_jobs(store: Store, pool: PoolConfig, job_ids: list[int],
                    display: DisplayFactory | None = None,
                    retry_policy: RetryPolicy | None = None) -> dict[int, JobProgress]:
-    """Run claimed jobs to their end, showing progress; Ctrl-C cancels, twice aborts."""
-    controller = Controller(store, pool, retry_policy=retry_policy)
+    """Run claimed jobs to their end, showing progress; Ctrl-C cancels, twice aborts.
+
+    If the controller fails before it has set up any node, the jobs are marked failed
+    with the reason: nothing ran, and left `running` they would look alive forever.
+    """
+    controller: Controller | None = None
+    try:
+        controller = Controller(store, pool, retry_policy=retry_policy)
+        return await _run(controller, job_ids, display)
+    except Exception as exc:
+        if controller is None or not controller.nodes:
+            reason = f"could not start: {_describe(exc)}"
+            owner = controller.owner if controller is not None else owner_id()
+            for job_id in job_ids:
+                try:
+                    await asyncio.to_thread(store.finish_owned, job_id, owner, "failed", reason)
+                except Exception:  # the original error matters more
+                    log.exception("could not mark job %s failed", job_id)
+        raise
+
+
+async def _run(controller: Controller, job_ids: list[int],
+               display: DisplayFactory | None) -> dict[int, JobProgress]:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     interrupts = 0
@@ -60,3 +107,7 @@ async def run_jobs(store: Store, pool: PoolConfig, job_ids: list[int],
             shown.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, BatchpoolError) else f"{type(exc).__name__}: {exc}"

@@ -24,7 +24,9 @@ EXIT_BAD_INPUT = 2
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print machine-readable JSON instead of tables.")
 config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), envvar="BATCHPOOL_CONFIG",
+    # No envvar= here: config.find_config reads $BATCHPOOL_CONFIG itself, so that its
+    # errors can say that the variable (not --config) names a missing file.
+    "--config", "config_file", type=click.Path(dir_okay=False),
     help="batchpool.toml to use (default: $BATCHPOOL_CONFIG, ./batchpool.toml, "
          "then the user config dir).")
 

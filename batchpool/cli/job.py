@@ -25,6 +25,7 @@ from batchpool.config import load_config
 from batchpool.controller import owner_gone, owner_id
 from batchpool.display import counts_table, rows_table
 from batchpool.reports import copy_outputs, job_report, latest_attempt
+from batchpool.runner import check_pool
 
 
 @click.group()
@@ -111,11 +112,18 @@ def wait(job_id: int, timeout: float | None, as_json: bool) -> None:
 @json_option
 @handle_errors
 def cancel(job_id: int, as_json: bool) -> None:
-    """Cancel a job: running tasks are killed, queued ones never start."""
+    """Cancel a job: running tasks are killed, queued ones never start.
+
+    A job whose `batchpool run` was killed (or has been silent for 10 s) is marked
+    cancelled at once.
+    """
     store = open_store()
     job_row = store.request_cancel(job_id)
-    if job_row.owner is None and not job_row.terminal:
-        store.finish_unowned(job_id, "cancelled", "cancelled by user")
+    # Nobody runs it (queued), or its `batchpool run` is dead: nobody else will act on
+    # the request, so the job ends here and now. A live owner stops it itself.
+    if not job_row.terminal and store.finish_unowned(
+            job_id, "cancelled", "cancelled by user", stale_after=defaults.OWNER_STALE,
+            owner_gone=owner_gone):
         job_row = store.job(job_id)
     if as_json:
         emit_json({"id": job_id, "state": job_row.state, "cancel_requested": True})
@@ -155,14 +163,26 @@ def logs(job_id: int, task_id: str, attempt: int | None, which: str | None,
 @json_option
 @handle_errors
 def outputs(job_id: int, dest: str | None, as_json: bool) -> None:
-    """List the outputs of a job's succeeded tasks, or copy them with --dest."""
+    """List the outputs of a job's succeeded tasks, or copy them with --dest.
+
+    With --dest, an output that is a directory is copied with everything in it. Each
+    file that cannot be copied is reported on stderr, the rest are still copied, and
+    the exit status is then 1.
+    """
     store = open_store()
+    store.job(job_id)  # an unknown job is an error (exit 2), not "copied 0 file(s)"
     if dest:
-        copied = copy_outputs(store, job_id, Path(dest))
+        result = copy_outputs(store, job_id, Path(dest))
+        for problem in result.errors:
+            click.echo(f"error: {problem}", err=True)
         if as_json:
-            emit_json([str(p) for p in copied])
+            emit_json([str(p) for p in result.copied])
         else:
-            click.echo(f"copied {len(copied)} file(s) to {dest}")
+            click.echo(f"copied {len(result.copied)} file(s) to {dest}"
+                       + (f"; {len(result.errors)} could not be copied" if result.errors
+                          else ""))
+        if result.errors:
+            sys.exit(EXIT_FAILED)
         return
     rows = [(a.task_id, str(Path(a.dir) / o)) for a in store.attempts(job_id)
             if a.state == "succeeded" for o in a.outputs]
@@ -184,9 +204,11 @@ def resume(job_id: int, pool: str | None, config_file: str | None, retry_backoff
            as_json: bool) -> None:
     """Continue a job whose foreground run was killed: finished tasks are not run again."""
     store = open_store()
+    # The pool is checked before the claim, so that a bad config leaves the job as it was.
+    pool_config = load_config(config_file).pool(pool or store.job(job_id).pool)
+    check_pool(pool_config)
     job_row = store.claim(job_id, owner_id(), stale_after=defaults.OWNER_STALE,
                           owner_gone=owner_gone)
-    pool_config = load_config(config_file).pool(pool or job_row.pool)
     click.echo(f"resuming job {job_id} ({job_row.name}) on pool {pool_config.name}", err=True)
     sys.exit(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
 

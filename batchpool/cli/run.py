@@ -22,7 +22,7 @@ from batchpool.config import PoolConfig, load_config
 from batchpool.controller import owner_id
 from batchpool.display import LiveDisplay, counts_table
 from batchpool.reports import job_report
-from batchpool.runner import run_jobs
+from batchpool.runner import check_pool, run_jobs
 from batchpool.scheduler import RetryPolicy
 from batchpool.spec import load_spec
 from batchpool.store import Store
@@ -46,6 +46,7 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
     config = load_config(config_file)
     job_spec = load_spec(spec)
     pool_config = config.pool(pool or job_spec.pool)
+    check_pool(pool_config)  # a pool that cannot work is refused before the job is recorded
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),
                           state="running", owner=owner_id())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchpool import defaults
 from batchpool.errors import NotFound, StoreError
 from batchpool.spec import JobSpec
 from batchpool.store.schema import MIGRATIONS
@@ -22,6 +23,11 @@ from batchpool.store.writer import StoreWriter
 
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _nobody_gone(owner: str) -> bool:
+    """The default for `owner_gone`: only staleness frees a job."""
+    return False
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class Store:
             return [_job_row(r) for r in db.execute(query, params)]
 
     def request_cancel(self, job_id: int) -> JobRow:
-        """Ask whoever runs the job to cancel it; a job nobody runs is cancelled at once."""
+        """Ask whoever runs the job to cancel it (a job nobody runs: `finish_unowned`)."""
         job = self.job(job_id)
         if job.terminal:
             return job
@@ -187,19 +193,18 @@ class Store:
                        (now, job_id, "cancel requested"))
         return self.job(job_id)
 
-    def claim(self, job_id: int, owner: str, stale_after: float,
-              owner_gone: Callable[[str], bool] = lambda owner: False) -> JobRow:
+    def claim(self, job_id: int, owner: str, stale_after: float = defaults.OWNER_STALE,
+              owner_gone: Callable[[str], bool] = _nobody_gone) -> JobRow:
         """Take ownership of a job whose owner is gone (or silent too long, or absent)."""
         now = time.time()
-        previous = self.job(job_id).owner
-        cutoff = now if previous and owner_gone(previous) else now - stale_after
+        previous = self.job(job_id)
+        condition, params = _takeover(previous, now, stale_after, owner_gone)
         with self.reading() as db, db:
             cur = db.execute(
                 "UPDATE jobs SET owner=?, owner_seen=?, state='running',"
                 " started=COALESCE(started, ?)"
-                " WHERE id=? AND state NOT IN ('succeeded','failed','cancelled')"
-                " AND (owner IS NULL OR owner_seen IS NULL OR owner_seen <= ?)",
-                (owner, now, now, job_id, cutoff),
+                f" WHERE id=? AND state NOT IN {_TERMINAL_SQL} AND {condition}",
+                (owner, now, now, job_id, *params),
             )
             claimed = cur.rowcount == 1
         job = self.job(job_id)
@@ -212,19 +217,47 @@ class Store:
             )
         return job
 
-    def finish_unowned(self, job_id: int, state: str, reason: str) -> None:
-        """End a job that no controller runs (e.g. cancelled while queued)."""
+    def finish_unowned(self, job_id: int, state: str, reason: str,
+                       stale_after: float = defaults.OWNER_STALE,
+                       owner_gone: Callable[[str], bool] = _nobody_gone) -> bool:
+        """End a job that no live controller runs; True if it was ended here.
+
+        That is a job nobody owns (cancelled while queued), or one whose owner `claim`
+        would take over: a dead process on this host, or silent for `stale_after`
+        seconds (a `batchpool run` killed with SIGKILL). A live owner is left alone; it
+        acts on `cancel_requested` itself.
+        """
         now = time.time()
+        job = self.job(job_id)
+        if job.terminal:
+            return False
+        condition, params = _takeover(job, now, stale_after, owner_gone)
+        return self._finish(job_id, state, reason, now, condition, params)
+
+    def finish_owned(self, job_id: int, owner: str, state: str, reason: str) -> bool:
+        """End a job that `owner` took on but could not run (say, its pool would not plan).
+
+        Without this the job would stay `running` under a process that has exited.
+        """
+        return self._finish(job_id, state, reason, time.time(), "owner=?", (owner,))
+
+    def _finish(self, job_id: int, state: str, reason: str, now: float, condition: str,
+                params: tuple[Any, ...]) -> bool:
+        """Give a job, its groups and its unfinished tasks a final state, if `condition`."""
         with self.reading() as db, db:
-            db.execute("UPDATE jobs SET state=?, reason=?, finished=? WHERE id=? AND owner IS NULL"
-                       " AND state NOT IN ('succeeded','failed','cancelled')",
-                       (state, reason, now, job_id))
+            cur = db.execute(
+                "UPDATE jobs SET state=?, reason=?, finished=?, owner=NULL WHERE id=?"
+                f" AND state NOT IN {_TERMINAL_SQL} AND {condition}",
+                (state, reason, now, job_id, *params))
+            if cur.rowcount != 1:
+                return False
             db.execute("UPDATE groups SET rest_state=?, rest_reason=? WHERE job_id=? AND"
                        " rest_state IS NULL", (state, reason, job_id))
             db.execute("UPDATE tasks SET state=?, reason=?, finished=? WHERE job_id=? AND state"
                        " IN ('queued','running')", (state, reason, now, job_id))
             db.execute("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
                        (now, job_id, f"job {state}", json.dumps({"reason": reason})))
+        return True
 
     # -- groups, tasks, attempts ------------------------------------------------------
     def groups(self, job_id: int) -> list[GroupRow]:
@@ -292,6 +325,22 @@ class Store:
                 "SELECT time, task_id, kind, COALESCE(detail, '') FROM events WHERE job_id=?"
                 " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
         return list(reversed(rows))
+
+
+_TERMINAL_SQL = "('succeeded','failed','cancelled')"
+
+
+def _takeover(job: JobRow, now: float, stale_after: float,
+              owner_gone: Callable[[str], bool]) -> tuple[str, tuple[Any, ...]]:
+    """SQL condition (and its parameters) under which another process may take `job` over.
+
+    The owner must still be the one just read (no other process got in first), and be
+    absent, dead (`owner_gone`, for a process on this host) or silent for `stale_after`
+    seconds. Shared by `claim` and `finish_unowned` so that both judge owners alike.
+    """
+    cutoff = now if job.owner and owner_gone(job.owner) else now - stale_after
+    return ("owner IS ? AND (owner IS NULL OR owner_seen IS NULL OR owner_seen <= ?)",
+            (job.owner, cutoff))
 
 
 _JOB_COLUMNS = ("id, name, pool, state, reason, priority, submitted, started, finished, owner,"
