@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else is internal.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from batchpool.errors import (
     BatchpoolError,
     CommandError,
@@ -15,15 +17,30 @@ from batchpool.errors import (
     TransportError,
 )
 
+if TYPE_CHECKING:
+    from batchpool.executor import Executor, RemoteCallError
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The Executor pulls in the controller: imported on first use, not with the package.
+    if name in ("Executor", "RemoteCallError"):
+        from batchpool import executor
+
+        return getattr(executor, name)
+    raise AttributeError(f"module 'batchpool' has no attribute {name!r}")
+
 
 __all__ = [
     "BatchpoolError",
     "CommandError",
     "ConfigError",
+    "Executor",
     "HostKeyError",
     "NotFound",
     "ProtocolError",
+    "RemoteCallError",
     "SpecError",
     "StoreError",
     "TransportError",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from batchpool import defaults, paths
 from batchpool.config import PoolConfig
@@ -66,6 +66,29 @@ def owner_gone(owner: str) -> bool:
     return False
 
 
+class CallSource(Protocol):
+    """Where the Python calls of an open task group come from (the Executor).
+
+    Called on the controller's loop: `submitted` (how many members so far), `closed`
+    (no more will come), `payload` (the pickled call of member `position`), `dispatch`
+    (just before it is sent; False: its caller cancelled it), `settled` (the member is
+    final), `ended` (the job is over).
+    """
+
+    def submitted(self) -> int: ...
+
+    def closed(self) -> bool: ...
+
+    def payload(self, position: int) -> str: ...
+
+    def dispatch(self, position: int) -> bool: ...
+
+    def settled(self, position: int, state: str, outcome: Outcome,
+                reply: dict[str, Any] | None) -> None: ...
+
+    def ended(self, state: str, reason: str | None) -> None: ...
+
+
 @dataclass
 class _JobRun:
     id: int
@@ -73,6 +96,8 @@ class _JobRun:
     progress: JobProgress
     groups: dict[str, TaskGroupSpec] = field(default_factory=dict)
     local_links: list[list[str]] = field(default_factory=list)   # resource files, local nodes
+    calls: tuple[str, CallSource] | None = None      # (group id, source) of an open group
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> done message
     inputs: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # group -> files
 
     def __post_init__(self) -> None:
@@ -104,6 +129,7 @@ class Controller:
         self._started: dict[str, float] = {}
         self._mean_wall: float | None = None      # moving average of attempt durations
         self._prefetching = False
+        self._call_sources: dict[int, tuple[str, CallSource]] = {}
 
     # -- running jobs ------------------------------------------------------------------
     async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
@@ -119,6 +145,28 @@ class Controller:
         finally:
             await self._shutdown()
         return {job_id: run.progress for job_id, run in self.jobs.items()}
+
+    def attach_calls(self, job_id: int, group_id: str, source: CallSource) -> None:
+        """Feed the open group `group_id` of job `job_id` from `source` (before `run`)."""
+        self._call_sources[job_id] = (group_id, source)
+
+    def grow_calls(self, job_id: int, size: int) -> None:
+        """The open group now has `size` members (on the loop's thread)."""
+        run = self.jobs[job_id]
+        assert run.calls is not None
+        run.progress.total = size
+        self.scheduler.grow(job_id, run.calls[0], size)
+        self._write("UPDATE groups SET size=? WHERE job_id=? AND group_id=?",
+                    (size, job_id, run.calls[0]))
+        self._apply(self.scheduler.schedule(self.clock()))
+
+    def seal_calls(self, job_id: int) -> None:
+        """No more calls will come: the job ends when they are done."""
+        run = self.jobs.get(job_id)
+        if run is None or run.calls is None:  # not started yet: it will ask `closed`
+            return
+        self._apply(self.scheduler.seal(job_id, run.calls[0]))
+        self._wake.set()
 
     def cancel(self, job_id: int, reason: str = "cancelled by user") -> None:
         """Cancel a job from inside the loop's thread (e.g. on Ctrl-C)."""
@@ -153,8 +201,14 @@ class Controller:
             progress.cancelled += group.cancelled + (
                 spec.group(group.group_id).size - group.dispatched
                 if group.rest_state == "cancelled" else 0)
-        self.jobs[job_id] = _JobRun(job_id, spec, progress)
+        run = self.jobs[job_id] = _JobRun(job_id, spec, progress)
         self._apply(self.scheduler.add_job(job_id, spec, self.clock(), saved))
+        if job_id in self._call_sources:
+            run.calls = self._call_sources[job_id]
+            progress.total = 0
+            self.grow_calls(job_id, run.calls[1].submitted())
+            if run.calls[1].closed():
+                self.seal_calls(job_id)
 
     async def _loop(self) -> None:
         housekeeping = 0.0
@@ -259,6 +313,9 @@ class Controller:
             missing = [glob for glob, found in matched.items() if not found]
             if missing:
                 outcome = Outcome(exit_code=0, error=f"output {missing[0]!r} matched no file")
+        run = self.jobs.get(int(key.split("/", 1)[0]))
+        if run is not None and run.calls is not None:
+            run.replies[key] = message
         result = message.get("result")
         self._extra[key] = (message.get("cpu"), outputs,
                             result if isinstance(result, str) else None)
@@ -332,6 +389,10 @@ class Controller:
         else:
             self._write("UPDATE tasks SET state='running', node=?, started=? WHERE job_id=? AND"
                         " task_id=?", (start.node, now, start.job_id, start.task_id))
+        if run.calls is not None and group.id == run.calls[0] and \
+                not run.calls[1].dispatch(start.position):
+            self._finished(start.key, Outcome(cancelled=True))  # its caller cancelled it
+            return
         message = self._run_message(run, group, start, node)
         if group.depends_on or (run.spec.files and not node.shares_results):
             self._spawn(self._stage_and_send(run, group, start, node, message))
@@ -345,7 +406,9 @@ class Controller:
                                   "job_id": start.job_id, "attempt": start.attempt,
                                   "node": node.name}
         call: dict[str, Any] | None = None
-        if group.call is not None:
+        if run.calls is not None and group.id == run.calls[0]:
+            call = {"pickle": run.calls[1].payload(start.position)}
+        elif group.call is not None:
             typed = {**values, "index": start.index}  # "{index}" alone stays an int
             call = {"target": group.call, "args": render_value(list(group.args), typed),
                     "kwargs": render_value(dict(group.kwargs), typed)}
@@ -415,6 +478,11 @@ class Controller:
         if finish.final:
             self._count(finish.job_id, finish.final, 1)
             run.progress.finished_now += 1
+            if run.calls is not None and finish.group_id == run.calls[0]:
+                run.calls[1].settled(_position(finish.task_id), finish.final, finish.outcome,
+                                     run.replies.pop(key, None))
+        else:
+            run.replies.pop(key, None)
         if finish.final != "succeeded":
             self._write("INSERT INTO events (time, job_id, task_id, kind, detail) VALUES"
                         " (?,?,?,?,?)", (now, finish.job_id, finish.task_id,
@@ -447,6 +515,8 @@ class Controller:
 
     def _job_done(self, done: JobDone) -> None:
         run = self.jobs[done.job_id]
+        if run.calls is not None:
+            run.calls[1].ended(done.state, done.reason)
         run.progress.state, run.progress.reason = done.state, done.reason
         now = self.clock()
         self._write("UPDATE jobs SET state=?, reason=?, finished=?, owner=NULL WHERE id=?",
@@ -483,6 +553,11 @@ class Controller:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)
             self._writer = None
+
+
+def _position(task_id: str) -> int:
+    """The array index of ``group[7]`` (an open group's index is its position)."""
+    return int(task_id[task_id.rindex("[") + 1:-1])
 
 
 def _saved_progress(store: Store, job_id: int) -> list[GroupProgress]:

@@ -56,6 +56,7 @@ class _Group:
     deps: list[_Group] = field(default_factory=list)
     dependants: list[_Group] = field(default_factory=list)
     pinned: tuple[str, ...] | None = None            # on_every_node: member p runs on pinned[p]
+    open: bool = False                               # more members may come (see grow)
 
     @property
     def settled(self) -> int:
@@ -64,7 +65,7 @@ class _Group:
 
     @property
     def complete(self) -> bool:
-        return self.settled >= self.size
+        return not self.open and self.settled >= self.size
 
     @property
     def all_succeeded(self) -> bool:
@@ -181,6 +182,21 @@ class Scheduler:
                 effects += self._fail_dependants(group)
         effects += self._maybe_done(job)
         return effects
+
+    def grow(self, job_id: int, group_id: str, size: int) -> None:
+        """An open group (the Executor's calls) has `size` members now; it stays open,
+        so its job cannot end, until `seal`."""
+        group = self._jobs[job_id].groups[group_id]
+        assert group.rest_state is None and size >= group.cursor
+        group.size, group.open = size, True
+
+    def seal(self, job_id: int, group_id: str) -> list[Effect]:
+        """No more members will come: the job ends once they are done."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        job.groups[group_id].open = False
+        return self._maybe_done(job)
 
     def cancel_job(self, job_id: int, reason: str = "cancelled by user",
                    state: str = "cancelled") -> list[Effect]:
@@ -376,6 +392,7 @@ class Scheduler:
                                  if r.job is job]
         for group in job.groups.values():
             effects += self._settle_queued(group, "cancelled", reason)
+            group.open = False
         effects += self._maybe_done(job)
         return effects
 
