@@ -39,7 +39,9 @@ from batchpool.scheduler import (
     Start,
 )
 from batchpool.spec import JobSpec, TaskGroupSpec, render_command
+from batchpool.spec.model import ShardsSpec
 from batchpool.spec.placeholders import render_value
+from batchpool.spec.shards import block_file
 from batchpool.store import Store, StoreWriter
 from batchpool.store.writer import FIRST, LAST, ORDERED
 from batchpool.transport.base import Transport
@@ -394,7 +396,7 @@ class Controller:
             self._finished(start.key, Outcome(cancelled=True))  # its caller cancelled it
             return
         message = self._run_message(run, group, start, node)
-        if group.depends_on or (run.spec.files and not node.shares_results):
+        if group.depends_on or group.shards or (run.spec.files and not node.shares_results):
             self._spawn(self._stage_and_send(run, group, start, node, message))
         else:
             node.send(message)
@@ -438,6 +440,10 @@ class Controller:
                         links.append([name, str(self._results_root / source)])
                     else:
                         await node.upload(self._results_root / source, f"{start.key}/{name}")
+            if group.shards is not None:
+                shard = await asyncio.to_thread(_shard_file, group.shards, start.position)
+                staged = str(shard) if node.shares_results else await node.stage_file(shard)
+                links.append([group.shards.path_name(start.position), staged])
             message["links"] = links
         except Exception as exc:
             log.warning("staging for %s on %s failed: %s", start.key, node.name, exc)
@@ -553,6 +559,13 @@ class Controller:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)
             self._writer = None
+
+
+def _shard_file(shards: ShardsSpec, position: int) -> Path:
+    """The local file of shard `position` (a row block is cut out on first use)."""
+    if shards.npy is not None and shards.count is not None:
+        return block_file(shards.npy, shards.count, position)
+    return Path(shards.files[position])
 
 
 def _position(task_id: str) -> int:

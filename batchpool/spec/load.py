@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from batchpool.errors import SpecError
 from batchpool.spec.locate import FieldPath, LineMap, format_path, line_for, toml_lines, yaml_lines
 from batchpool.spec.model import NOT_DEFAULTABLE, DefaultsSpec, JobSpec, MpiSpec, TaskGroupSpec
+from batchpool.spec.shards import match_files, npy_rows
 
 SpecFormat = Literal["toml", "yaml", "json"]
 FORMATS: dict[str, SpecFormat] = {
@@ -181,6 +182,8 @@ class _Builder:
             self.raw_tasks = data["tasks"]
             if defaults_ok:
                 data["tasks"] = [self._merge(task) for task in self.raw_tasks]
+            data["tasks"] = [self._resolve_shards(position, task)
+                             for position, task in enumerate(data["tasks"])]
         data["base_dir"] = str(self.base_dir)
         spec: JobSpec | None = None
         try:
@@ -221,6 +224,44 @@ class _Builder:
         if isinstance(self.defaults.get("env"), dict) and isinstance(task.get("env"), dict):
             merged["env"] = {**self.defaults["env"], **task["env"]}
         return merged
+
+    def _resolve_shards(self, position: int, task: Any) -> Any:
+        """Turn a group's ``shards`` into absolute paths; a glob into the files it matches."""
+        if not isinstance(task, dict) or not isinstance(task.get("shards"), dict):
+            return task
+        shards = dict(task["shards"])
+        where = ("tasks", position, "shards")
+        base = str(self.base_dir)
+        if "glob" in shards and "files" in shards:
+            self._add((*where, "files"), "set one of 'glob' and 'files'")
+        elif isinstance(shards.get("glob"), str):
+            matched = match_files(base, shards["glob"])
+            if not matched:
+                self._add((*where, "glob"), f"{shards['glob']!r} matches no file under {base}")
+            shards["files"] = matched
+        elif isinstance(shards.get("files"), list):
+            resolved = []
+            for number, entry in enumerate(shards["files"]):
+                if isinstance(entry, str):
+                    entry = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+                    if not os.path.isfile(entry):
+                        self._add((*where, "files", number), f"shard file {entry} not found")
+                resolved.append(entry)
+            shards["files"] = resolved
+        if isinstance(shards.get("npy"), str):
+            full = os.path.normpath(os.path.join(base, os.path.expanduser(shards["npy"])))
+            shards["npy"] = full
+            count = shards.get("count")
+            try:
+                rows = npy_rows(full)
+            except (OSError, ValueError) as exc:
+                self._add((*where, "npy"), f"cannot read {full} as a .npy array: {exc}")
+            else:
+                if isinstance(count, int) and count > rows:
+                    self._add((*where, "count"),
+                              f"{count} shards of {rows} rows would leave some empty; "
+                              f"use count <= {rows}")
+        return {**task, "shards": shards}
 
     def _resolve_files(self, entries: list[Any]) -> list[Any]:
         resolved: list[Any] = []

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -121,6 +122,39 @@ class MpiSpec(_Frozen):
     ranks_per_node: StrictInt = Field(default=1, ge=1)
 
 
+class ShardsSpec(_Frozen):
+    """``shards``: one task per input file (``glob`` or ``files``) or per row block of an
+    array (``npy`` cut in ``count``). Paths are absolute once loaded (see load.py)."""
+
+    glob: StrictStr | None = None
+    files: tuple[StrictStr, ...] = ()
+    npy: StrictStr | None = None
+    count: StrictInt | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ShardsSpec:
+        given = [name for name in ("glob", "npy") if getattr(self, name) is not None]
+        if self.npy is not None and self.count is None:
+            raise spec_error("'npy' needs 'count', the number of row blocks", "count")
+        if self.npy is None and self.count is not None:
+            raise spec_error("'count' only goes with 'npy'", "count")
+        if self.glob is None and self.npy is None and not self.files:
+            raise spec_error("expected 'glob', 'npy' (with 'count') or 'files'")
+        if len(given) > 1:
+            raise spec_error("set one of 'glob' and 'npy'", "npy")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.count if self.npy is not None and self.count else len(self.files)
+
+    def path_name(self, position: int) -> str:
+        """The shard's file name in the attempt directory (``{shard_path}``)."""
+        if self.npy is not None:
+            return f"{Path(self.npy).stem}-{position:05d}.npy"
+        return Path(self.files[position]).name
+
+
 @dataclass(frozen=True)
 class Member:
     """One task of a group: its id, its array index (or grid position) and its params."""
@@ -155,7 +189,10 @@ Outputs = Annotated[tuple[StrictStr, ...], AfterValidator(_outputs)]
 ExitCode = Annotated[StrictInt, Field(ge=0, le=255)]
 
 #: Fields a task group must set itself; ``[defaults]`` may not.
-NOT_DEFAULTABLE: tuple[str, ...] = ("id", "command", "call", "array", "params", "depends_on")
+NOT_DEFAULTABLE: tuple[str, ...] = ("id", "command", "call", "array", "params", "depends_on",
+                                    "shards")
+#: The placeholders of a ``shards`` group, besides ``{index}`` (= ``{shard}``).
+SHARD_PLACEHOLDERS: dict[str, tuple[()]] = {"shard": (), "shard_path": ()}
 
 
 class TaskGroupSpec(_Frozen):
@@ -177,6 +214,7 @@ class TaskGroupSpec(_Frozen):
     #: ``true``: one task per node of the pool, fixed when the job starts (the node
     #: names are then stored here, so a resumed job keeps them); or those node names.
     on_every_node: StrictBool | tuple[StrictStr, ...] = False
+    shards: ShardsSpec | None = None
     mpi: MpiSpec | None = None
 
     _index_set: IndexSet | None = PrivateAttr(default=None)
@@ -260,6 +298,11 @@ class TaskGroupSpec(_Frozen):
         if self.array is not None and self.params:
             raise spec_error("'array' and 'params' cannot be combined; use one of them",
                              "params")
+        if self.shards is not None:
+            for name in ("array", "params", "on_every_node", "mpi"):
+                if getattr(self, name):
+                    raise spec_error(f"'shards' makes one task per shard and cannot be "
+                                     f"combined with '{name}'", name)
         if self.on_every_node:
             for name in ("array", "params", "mpi"):
                 if getattr(self, name):
@@ -275,12 +318,13 @@ class TaskGroupSpec(_Frozen):
             if len(set(self.on_every_node)) != len(self.on_every_node):
                 raise spec_error("a node is listed twice", "on_every_node")
         indexed = self.indexed
+        names = SHARD_PLACEHOLDERS if self.shards is not None else self.params
         if self.command is not None:
-            problem = check_template(self.command, indexed, self.params)
+            problem = check_template(self.command, indexed, names)
             if problem:
                 raise spec_error(problem, "command")
         for path, text in _strings(self.args, ("args",)) + _strings(self.kwargs, ("kwargs",)):
-            problem = check_template(text, indexed, self.params, shell=False)
+            problem = check_template(text, indexed, names, shell=False)
             if problem:
                 raise spec_error(problem, *path)
         return self
@@ -291,6 +335,8 @@ class TaskGroupSpec(_Frozen):
             self._size = len(self._index_set)
         elif self.on_every_node is not False:
             self._size = len(self.on_every_node) if isinstance(self.on_every_node, tuple) else 0
+        elif self.shards is not None:
+            self._size = self.shards.size
         else:
             self._size = math.prod(len(values) for values in self.params.values())
 
@@ -303,7 +349,8 @@ class TaskGroupSpec(_Frozen):
     @property
     def indexed(self) -> bool:
         """True for arrays and params grids (whose members have an ``{index}``)."""
-        return self.array is not None or bool(self.params) or self.on_every_node is not False
+        return (self.array is not None or bool(self.params) or self.on_every_node is not False
+                or self.shards is not None)
 
     @property
     def pinned(self) -> tuple[str, ...] | None:
@@ -329,7 +376,7 @@ class TaskGroupSpec(_Frozen):
         self._check_position(position)
         if self._index_set is not None:
             return f"{self.id}[{self._index_set.nth(position)}]"
-        if self.params or self.on_every_node is not False:
+        if self.params or self.on_every_node is not False or self.shards is not None:
             return f"{self.id}[{position}]"
         return self.id
 
@@ -349,6 +396,9 @@ class TaskGroupSpec(_Frozen):
                           {name: chosen[name] for name in self.params})
         if self.on_every_node is not False:
             return Member(f"{self.id}[{position}]", position, {})
+        if self.shards is not None:
+            return Member(f"{self.id}[{position}]", position,
+                          {"shard": position, "shard_path": self.shards.path_name(position)})
         return Member(self.id, None, {})
 
 
