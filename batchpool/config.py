@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from batchpool import defaults, paths
 from batchpool.durations import parse_duration
 from batchpool.errors import ConfigError, SpecError
-from batchpool.spec.load import _existing_prefix, _message, _parse_toml
+from batchpool.spec.load import existing_prefix, parse_toml, pydantic_message
 from batchpool.spec.locate import FieldPath, LineMap, format_path, line_for, toml_lines
 
 #: Providers that may be named in a config but cannot run yet.
@@ -189,7 +189,7 @@ def _load_file_config(explicit: str | Path | None) -> Config:
 def parse_config_text(text: str, filename: str) -> Config:
     """Validate the TOML `text` of a config file; `filename` is used in errors only."""
     try:
-        data = _parse_toml(text, filename)
+        data = parse_toml(text, filename)
     except SpecError as exc:
         raise ConfigError(exc.message, file=filename, line=exc.line) from None
     lines = toml_lines(text)
@@ -252,12 +252,12 @@ def _validation_error(exc: ValidationError, file: str, lines: LineMap, prefix: F
     for error in exc.errors(include_url=False):
         loc: FieldPath = tuple(error["loc"])
         if error["type"] != "missing":
-            loc = _existing_prefix(data, loc)  # drops union tags such as `.int`
+            loc = existing_prefix(data, loc)  # drops union tags such as `.int`
         path = (*prefix, *loc)
         if error["type"] == "extra_forbidden":
             message = _unknown_setting(str(loc[-1]) if loc else "", model)
         else:
-            message = _message(error, path)
+            message = pydantic_message(error, path)
         problems.append((line_for(lines, path), path, message))
     line, path, message = min(problems, key=lambda problem: problem[0])
     return ConfigError(message, file=file, line=line, field=format_path(path) or None)

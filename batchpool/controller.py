@@ -132,6 +132,7 @@ class Controller:
         self._mean_wall: float | None = None      # moving average of attempt durations
         self._prefetching = False
         self._call_sources: dict[int, tuple[str, CallSource]] = {}
+        self._owner_seen = 0.0  # when owner_seen was last refreshed
 
     # -- running jobs ------------------------------------------------------------------
     async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
@@ -245,8 +246,11 @@ class Controller:
             requested = await asyncio.to_thread(_cancel_requests, self.store, mine)
             for job_id in requested:
                 self._apply(self.scheduler.cancel_job(job_id))
-            marks = ",".join("?" * len(mine))
-            self._write(f"UPDATE jobs SET owner_seen=? WHERE id IN ({marks})", (now, *mine))
+            if now >= self._owner_seen + defaults.OWNER_HEARTBEAT:
+                self._owner_seen = now
+                marks = ",".join("?" * len(mine))
+                self._write(f"UPDATE jobs SET owner_seen=? WHERE id IN ({marks})",
+                            (now, *mine))
         self._write_nodes(now)
 
     # -- nodes ---------------------------------------------------------------------------

@@ -26,9 +26,7 @@ STORE_FLUSH_INTERVAL = 0.05
 #: Plain (non-terminal) progress lines are printed at most this often (seconds).
 PROGRESS_LINE_INTERVAL = 5.0
 
-#: How often a controller should refresh `owner_seen` on the jobs it runs. Not read
-#: yet: the controller refreshes it on each housekeeping turn (every second), which is
-#: well inside OWNER_STALE; it should use this value instead.
+#: How often a controller refreshes `owner_seen` on the jobs it runs (seconds).
 OWNER_HEARTBEAT = 2.0
 #: A job whose owner has not refreshed `owner_seen` for this long is taken over by
 #: `job resume` and ended at once by `job cancel` (Store.claim, Store.finish_unowned);

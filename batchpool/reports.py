@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -32,7 +33,32 @@ def job_report(store: Store, job_id: int, failures: int = 50) -> dict[str, Any]:
                       "node": t.node} for t in failed],
         "settled_groups": [{"group": g, "state": s, "reason": r, "count": n}
                            for g, s, r, n in rest],
+        "per_node": per_node(store, job_id),
     }
+
+
+def per_node(store: Store, job_id: int) -> dict[str, list[dict[str, Any]]]:
+    """For each ``on_every_node`` group: one row per node, its task's state and result."""
+    spec = store.job(job_id).spec
+    groups = {g.id: g.pinned for g in spec.tasks if g.pinned is not None}
+    if not groups:
+        return {}
+    tasks = {t.task_id: t for t in store.tasks(job_id) if t.group_id in groups}
+    results = {a.task_id: a.result for a in store.attempts(job_id)
+               if a.task_id in tasks and a.state == "succeeded"}
+    table: dict[str, list[dict[str, Any]]] = {}
+    for group_id, nodes in groups.items():
+        rows = table[group_id] = []
+        for position, node in enumerate(nodes):
+            task_id = f"{group_id}[{position}]"
+            task = tasks.get(task_id)
+            result = results.get(task_id)
+            rows.append({"node": node, "task": task_id,
+                         "state": task.state if task else "queued",
+                         "exit_code": task.exit_code if task else None,
+                         "reason": task.reason if task else None,
+                         "result": json.loads(result) if result else None})
+    return table
 
 
 def latest_attempt(store: Store, job_id: int, task_id: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import datetime
@@ -81,6 +82,12 @@ def show(job_id: int, as_json: bool) -> None:
     for settled in report["settled_groups"]:
         out.print(f"{settled['count']} task(s) of {settled['group']} {settled['state']}:"
                   f" {settled['reason']}")
+    for group_id, rows in report["per_node"].items():
+        out.print(rows_table(("node", "task", "state", "exit", "result or reason"),
+                             [(r["node"], r["task"], r["state"], r["exit_code"],
+                               r["reason"] if r["result"] is None else
+                               json.dumps(r["result"])[:60]) for r in rows],
+                             title=f"{group_id}: one task per node"))
 
 
 @job.command()

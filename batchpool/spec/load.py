@@ -84,7 +84,7 @@ def parse_spec_text(text: str, filename: str, fmt: SpecFormat, base_dir: Path) -
     """
     duplicates: list[tuple[FieldPath, int, int]] = []
     if fmt == "toml":
-        data, lines = _parse_toml(text, filename), toml_lines(text)
+        data, lines = parse_toml(text, filename), toml_lines(text)
     elif fmt in ("yaml", "json"):
         data, lines, duplicates = _parse_yaml(text, filename, fmt)
     else:
@@ -97,7 +97,7 @@ def parse_spec_text(text: str, filename: str, fmt: SpecFormat, base_dir: Path) -
 # ----------------------------------------------------------------- parsing
 
 
-def _parse_toml(text: str, filename: str) -> Any:
+def parse_toml(text: str, filename: str) -> Any:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -321,9 +321,9 @@ class _Builder:
             if error["type"] == "spec":
                 loc = (*loc, *ctx.get("spec_field", ()))
             if error["type"] != "missing":
-                loc = _existing_prefix(data, loc)
+                loc = existing_prefix(data, loc)
             path = (*prefix, *loc)
-            self._add(path, _message(error, path))
+            self._add(path, pydantic_message(error, path))
 
 
 # ----------------------------------------------------------------- messages
@@ -340,7 +340,7 @@ def _exists(data: Any, path: FieldPath) -> bool:
     return True
 
 
-def _existing_prefix(data: Any, loc: FieldPath) -> FieldPath:
+def existing_prefix(data: Any, loc: FieldPath) -> FieldPath:
     """The longest prefix of `loc` present in `data` (drops pydantic's type tags)."""
     for end in range(len(loc), 0, -1):
         if _exists(data, loc[:end]):
@@ -399,7 +399,7 @@ _EXPECTED = {
 }
 
 
-def _message(error: Any, path: FieldPath) -> str:
+def pydantic_message(error: Any, path: FieldPath) -> str:
     kind: str = error["type"]
     value = error.get("input")
     ctx: Mapping[str, Any] = error.get("ctx") or {}

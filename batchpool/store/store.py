@@ -103,6 +103,7 @@ class AttemptRow:
     dir: str
     outputs: tuple[str, ...]
     reason: str | None
+    result: str | None = None    # a Python call's JSON return value
 
 
 class Store:
@@ -348,7 +349,7 @@ _JOB_COLUMNS = ("id, name, pool, state, reason, priority, submitted, started, fi
 _TASK_COLUMNS = ("job_id, task_id, group_id, position, state, attempts, lost, exit_code,"
                  " signal, reason, node, started, finished")
 _ATTEMPT_COLUMNS = ("job_id, task_id, attempt, node, state, started, finished, exit_code,"
-                    " signal, cpu, dir, outputs, reason")
+                    " signal, cpu, dir, outputs, reason, result")
 
 
 def _job_row(row: tuple[Any, ...]) -> JobRow:

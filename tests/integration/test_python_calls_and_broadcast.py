@@ -119,6 +119,11 @@ def test_on_every_node_runs_once_on_each_node(bp: Batchpool, tmp_path: Path,
     table = bp("job", "logs", "1", "table").stdout
     reported = sorted(line.split()[0] for line in table.splitlines() if line.startswith("127."))
     assert reported == names
+    rows = bp.json("job", "show", "1")["per_node"]["probe"]
+    assert sorted(r["node"] for r in rows) == names
+    assert all(r["state"] == "succeeded" for r in rows)
+    shown = bp("job", "show", "1").stdout
+    assert "one task per node" in shown and all(name in shown for name in names)
 
 
 @pytest.mark.ssh
@@ -136,3 +141,6 @@ def test_on_every_node_member_of_an_unreachable_node_fails(bp: Batchpool, tmp_pa
         reason = db.execute("SELECT reason FROM tasks WHERE job_id=1 AND task_id='probe[3]'"
                             ).fetchone()[0]
     assert dead in reason and "gone" in reason, reason
+    rows = {r["node"]: r for r in report["per_node"]["probe"]}
+    assert rows[dead]["state"] == "failed" and "gone" in rows[dead]["reason"]
+    assert all(r["state"] == "succeeded" for n, r in rows.items() if n != dead)
