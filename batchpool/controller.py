@@ -140,9 +140,15 @@ class Controller:
         self._writer = self.store.writer()
         try:
             transport, plans = plan_pool(self.pool)
+            names = tuple(plan.address.name for plan in plans)
             for job_id in job_ids:
-                await self._place(job_id, tuple(plan.address.name for plan in plans))
+                await self._place(job_id, names)
                 await self._add_job(job_id)
+            strangers = {node for run in self.jobs.values() for group in run.spec.tasks
+                         for node in group.pinned or () if node not in names}
+            for node in sorted(strangers):  # their pinned tasks fail rather than wait forever
+                self._apply(self.scheduler.remove_node(
+                    node, self.clock(), f"not a node of pool {self.pool.name!r}"))
             await self._start_nodes(transport, plans)
             await self._loop()
         finally:
@@ -347,10 +353,10 @@ class Controller:
 
     async def _fetch_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
                                  outputs: list[str]) -> None:
-        local = self._results_root / key
+        local = self._results_root / attempt_dir(key)
         try:
             for name in ["stdout", "stderr", *outputs]:
-                await node.download(f"{key}/{name}", local / name)
+                await node.download(f"{attempt_dir(key)}/{name}", local / name)
         except Exception as exc:  # a failed copy fails the attempt, it may be retried
             if outcome.succeeded:
                 outcome = Outcome(exit_code=0, error=f"could not fetch outputs: {exc}")
@@ -423,10 +429,11 @@ class Controller:
                "BATCHPOOL_JOB_ID": str(start.job_id), "BATCHPOOL_TASK_ID": start.task_id,
                "BATCHPOOL_TASK_INDEX": index,
                "BATCHPOOL_ATTEMPT": str(start.attempt), "BATCHPOOL_NODE": node.name,
-               "BATCHPOOL_INPUTS_DIR": node.node_path(f"{start.key}/inputs")}
+               "BATCHPOOL_INPUTS_DIR": node.node_path(f"{attempt_dir(start.key)}/inputs")}
         links = run.local_links if node.shares_results else []
-        message = {"op": "run", "key": start.key, "cmd": command, "dir": start.key, "env": env,
-                   "timeout": group.timeout, "links": links, "outputs": list(group.outputs)}
+        message = {"op": "run", "key": start.key, "cmd": command, "dir": attempt_dir(start.key),
+                   "env": env, "timeout": group.timeout, "links": links,
+                   "outputs": list(group.outputs)}
         if call is not None:
             message["call"] = call
         return message
@@ -443,7 +450,8 @@ class Controller:
                     if node.shares_results:
                         links.append([name, str(self._results_root / source)])
                     else:
-                        await node.upload(self._results_root / source, f"{start.key}/{name}")
+                        await node.upload(self._results_root / source,
+                                          f"{attempt_dir(start.key)}/{name}")
             if group.shards is not None:
                 shard = await asyncio.to_thread(_shard_file, group.shards, start.position)
                 staged = str(shard) if node.shares_results else await node.stage_file(shard)
@@ -477,7 +485,7 @@ class Controller:
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (finish.job_id, finish.task_id, finish.attempt, finish.node or "?",
                      finish.attempt_state, started, now, finish.outcome.exit_code,
-                     finish.outcome.signal, cpu, self._results + key,
+                     finish.outcome.signal, cpu, self._results + attempt_dir(key),
                      json.dumps(outputs) if outputs else None, finish.reason, result), LAST)
         lost = 1 if finish.attempt_state == "lost" else 0
         self._write("UPDATE tasks SET state=?, attempts=attempts+?, lost=lost+?, exit_code=?,"
@@ -563,6 +571,16 @@ class Controller:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)
             self._writer = None
+
+
+def attempt_dir(key: str) -> str:
+    """The attempt's directory, relative to the node's workdir (and the results root).
+
+    ``1/map[7]/2`` becomes ``1/map@7/2``: brackets in $BATCHPOOL_INPUTS_DIR would make
+    a shell glob over it (``$BATCHPOOL_INPUTS_DIR/*/part.json``) match nothing. Task ids
+    never contain ``@``, so no two attempts share a directory.
+    """
+    return key.replace("[", "@").replace("]", "")
 
 
 def _shard_file(shards: ShardsSpec, position: int) -> Path:

@@ -15,6 +15,7 @@ by module name on the node, so their module must be importable there. Nodes need
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import itertools
 import threading
@@ -33,6 +34,7 @@ from batchpool.errors import BatchpoolError
 from batchpool.runner import check_pool
 from batchpool.scheduler import Outcome
 from batchpool.spec import JobSpec
+from batchpool.spec.model import EXECUTOR_CALL
 from batchpool.store import Store
 
 T = TypeVar("T")
@@ -56,11 +58,6 @@ class RemoteTraceback(Exception):
         return f"\n\nthe call failed on the node:\n{self.text}"
 
 
-def _chunk(fn: Callable[..., T], arguments: list[tuple[Any, ...]]) -> list[T]:
-    """One task for many calls: what `map(chunksize=n)` sends."""
-    return [fn(*args) for args in arguments]
-
-
 class Executor(_Executor):
     """Run Python calls on a pool's nodes: ``with batchpool.Executor(pool="lab") as ex:``."""
 
@@ -72,7 +69,7 @@ class Executor(_Executor):
         self._store = Store(paths.store_path())
         spec = JobSpec.model_validate({
             "name": name, "base_dir": str(Path.cwd()),
-            "tasks": [{"id": GROUP, "call": "batchpool.executor:call", "max_attempts": 1,
+            "tasks": [{"id": GROUP, "call": EXECUTOR_CALL, "max_attempts": 1,
                        "array": f"0-{MAX_CALLS - 1}"}]})
         self._controller = Controller(self._store, self._pool)
         self.job_id = self._store.submit(spec, self._pool.name, state="running",
@@ -90,6 +87,7 @@ class Executor(_Executor):
                                         f"{self.job_id}", daemon=True)
         self._thread.start()
         self._ready.wait()
+        atexit.register(self.shutdown)  # like ThreadPoolExecutor: calls finish before exit
 
     # -- the controller's thread -----------------------------------------------------------
     def _serve(self) -> None:
@@ -196,7 +194,7 @@ class Executor(_Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         argument_lists = _batches(zip(*iterables, strict=False), chunksize)
-        chunks = super().map(_chunk, itertools.repeat(fn), argument_lists, timeout=timeout)
+        chunks = super().map(chunk_runner(fn), argument_lists, timeout=timeout)
         return itertools.chain.from_iterable(chunks)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -209,8 +207,19 @@ class Executor(_Executor):
             future.cancel()
         if not already and self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._controller.seal_calls, self.job_id)
+        atexit.unregister(self.shutdown)
         if wait:
             self._thread.join()
+
+
+def chunk_runner(fn: Callable[..., T]) -> Callable[[list[tuple[Any, ...]]], list[T]]:
+    """One task for many calls of `fn`: what `map(chunksize=n)` sends."""
+
+    def run_chunk(arguments: list[tuple[Any, ...]]) -> list[T]:
+        # nested, so cloudpickle sends it by value: nodes need no batchpool installed
+        return [fn(*args) for args in arguments]
+
+    return run_chunk
 
 
 def _batches(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -528,9 +528,11 @@ class Agent:
         sig: int | None = None
         error = None
         if reply is None:
-            killpg(worker.proc.pid, signal.SIGKILL)
-            status = worker.proc.wait()
-            code, sig = (None, -status) if status < 0 else (None, signal.SIGKILL)
+            status = worker.proc.poll()  # it may have exited on its own (os._exit)
+            if status is None:
+                killpg(worker.proc.pid, signal.SIGKILL)
+                status = worker.proc.wait()
+            code, sig = (None, -status) if status < 0 else (status or None, None)
             if not (task.timed_out or task.cancelled):
                 error = f"the Python worker died during the call (exit {status})"
         elif not reply.get("ok"):
@@ -680,7 +682,7 @@ class Agent:
                     load = round(os.getloadavg()[0], 2)
                 except (AttributeError, OSError):
                     load = 0.0
-                self.send({"op": "hb", "t": round(time.time(), 3), "running": len(self.by_pid),
+                self.send({"op": "hb", "t": round(time.time(), 3), "running": len(self.by_key),
                            "load": load})
                 self.schedule(max(when + self.heartbeat, now), _HB, None)
             elif task is not None and kind == _TIMEOUT:

@@ -25,6 +25,7 @@ from batchpool.cli.run import run_and_report
 from batchpool.config import load_config
 from batchpool.controller import owner_gone, owner_id
 from batchpool.display import counts_table, rows_table
+from batchpool.errors import BatchpoolError
 from batchpool.reports import copy_outputs, job_report, latest_attempt
 from batchpool.runner import check_pool
 
@@ -212,7 +213,12 @@ def resume(job_id: int, pool: str | None, config_file: str | None, retry_backoff
     """Continue a job whose foreground run was killed: finished tasks are not run again."""
     store = open_store()
     # The pool is checked before the claim, so that a bad config leaves the job as it was.
-    pool_config = load_config(config_file).pool(pool or store.job(job_id).pool)
+    job = store.job(job_id)
+    if job.spec.executor_session:
+        raise BatchpoolError(f"job {job_id} is an Executor session: its calls lived in the "
+                             f"process that ran it, so it cannot be resumed; end it with "
+                             f"`batchpool job cancel {job_id}`")
+    pool_config = load_config(config_file).pool(pool or job.pool)
     check_pool(pool_config)
     job_row = store.claim(job_id, owner_id(), stale_after=defaults.OWNER_STALE,
                           owner_gone=owner_gone)

@@ -366,6 +366,8 @@ class Scheduler:
             final, reason = "succeeded", None
         elif job.cancelling is not None:
             final, reason = "cancelled", job.cancel_reason
+        elif outcome.cancelled:  # only a cancel stops an attempt: an Executor's future
+            final, reason = "cancelled", "cancelled"
         elif should_retry(outcome, tries.counted, spec.max_attempts, spec.retry_exit_codes):
             retry_at = now + self.retry_policy.delay(tries.counted)
             heapq.heappush(group.retry, (retry_at, run.position))

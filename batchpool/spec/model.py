@@ -191,6 +191,8 @@ ExitCode = Annotated[StrictInt, Field(ge=0, le=255)]
 #: Fields a task group must set itself; ``[defaults]`` may not.
 NOT_DEFAULTABLE: tuple[str, ...] = ("id", "command", "call", "array", "params", "depends_on",
                                     "shards")
+#: The ``call`` of an Executor session's open group (its calls come from the process).
+EXECUTOR_CALL = "batchpool.executor:call"
 #: The placeholders of a ``shards`` group, besides ``{index}`` (= ``{shard}``).
 SHARD_PLACEHOLDERS: dict[str, tuple[()]] = {"shard": (), "shard_path": ()}
 
@@ -459,6 +461,11 @@ class JobSpec(_Frozen):
     def group(self, group_id: str) -> TaskGroupSpec:
         """The task group called `group_id`; ``KeyError`` if there is none."""
         return self._groups[group_id]
+
+    @property
+    def executor_session(self) -> bool:
+        """Whether this is an Executor's job (whose calls live only in its process)."""
+        return any(group.call == EXECUTOR_CALL for group in self.tasks)
 
     @property
     def unplaced(self) -> bool:

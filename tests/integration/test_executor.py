@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, as_completed, wait
@@ -15,6 +16,7 @@ from test_ssh_pool import _config, _no_leftovers  # noqa: F401
 
 import batchpool
 from batchpool.devcluster import DevCluster
+from batchpool.executor import chunk_runner
 
 # The nodes cannot import this test module: its functions travel by value, as a
 # user's own module's would after the same call (see docs/executor.md).
@@ -100,6 +102,27 @@ def test_cancelled_future_never_runs(local: Batchpool) -> None:
         done, _ = wait(blockers, timeout=60, return_when=FIRST_COMPLETED)
         assert done
     assert last.cancelled()
+    report = local.json("job", "show", str(ex.job_id))
+    assert report["state"] == "succeeded" and report["cancelled"] == 1, report
+
+
+def test_an_executor_session_cannot_be_resumed(local: Batchpool) -> None:
+    with batchpool.Executor() as ex:
+        ex.submit(square, 2).result(timeout=60)
+    result = local("job", "resume", str(ex.job_id))
+    assert result.returncode == 2 and "Executor session" in result.stderr, result.stderr
+
+
+def test_map_chunks_need_no_batchpool_on_the_node(tmp_path: Path) -> None:
+    """The chunk runner travels by value: a node without batchpool can run it."""
+    payload = tmp_path / "chunk.pickle"
+    payload.write_bytes(cloudpickle.dumps((chunk_runner(square), ([(3,), (4,)],), {})))
+    probe = ("import sys, pickle; sys.modules['batchpool'] = None; "
+             f"fn, args, kwargs = pickle.loads(open({str(payload)!r}, 'rb').read()); "
+             "print(fn(*args, **kwargs))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[9, 16]"
 
 
 @pytest.mark.ssh

@@ -73,7 +73,7 @@ outputs = ["env.txt"]
                  "BATCHPOOL_ATTEMPT=1", "BATCHPOOL_NODE=local", "JOBVAR=j", "TASKVAR=t"):
         assert line in text
     assert "BATCHPOOL_INPUTS_DIR=" in text
-    assert text.strip().endswith("/1/show[5]/1")  # a fresh attempt directory
+    assert text.strip().endswith("/1/show@5/1")  # a fresh attempt directory
 
 
 def test_failure_fails_dependants_and_exit_status(bp: Batchpool, tmp_path: Path) -> None:

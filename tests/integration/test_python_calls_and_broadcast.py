@@ -111,6 +111,23 @@ depends_on = ["probe"]
 """)
 
 
+def test_on_every_node_naming_a_stranger_fails_it_instead_of_waiting(
+        bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "b.toml", """
+name = "b"
+[[tasks]]
+id = "probe"
+command = "echo {node}"
+on_every_node = ["local", "nowhere:22"]
+""")
+    result = bp("run", str(spec), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {r["node"]: r for r in bp.json("job", "show", "1")["per_node"]["probe"]}
+    assert rows["local"]["state"] == "succeeded"
+    assert rows["nowhere:22"]["state"] == "failed"
+    assert "not a node of pool 'local'" in rows["nowhere:22"]["reason"]
+
+
 @pytest.mark.ssh
 def test_on_every_node_runs_once_on_each_node(bp: Batchpool, tmp_path: Path,
                                               dev_cluster: DevCluster) -> None:

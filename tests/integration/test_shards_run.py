@@ -51,9 +51,9 @@ depends_on = ["blocks", "lines"]
 def _check_results(bp: Batchpool) -> None:
     work = bp.home / "work" / "1"
     for i in range(5):
-        n_txt = next((work / f"lines[{i}]").glob("*/n.txt")).read_text().split()
+        n_txt = next((work / f"lines@{i}").glob("*/n.txt")).read_text().split()
         assert n_txt == [str(i + 1), f"part{i}.csv"]
-        seen = next((work / f"lines[{i}]").glob("*/seen.txt")).read_text().split()
+        seen = next((work / f"lines@{i}").glob("*/seen.txt")).read_text().split()
         assert [s for s in seen if s.endswith(".csv")] == [f"part{i}.csv"], "only its shard"
     blocks = [json.loads(line) for line in
               bp("job", "logs", "1", "total").stdout.splitlines() if line.startswith("{")]

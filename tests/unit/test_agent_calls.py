@@ -120,6 +120,15 @@ def test_timeout_kills_the_worker_and_a_fresh_one_takes_the_next_call(
     assert after["pid"] != pid and after["calls"] == 1
 
 
+def test_a_worker_that_exits_reports_its_exit_status(agent: AgentProc, tmp_path: Path) -> None:
+    (tmp_path / "quit.py").write_text("import os\ndef now():\n    os._exit(7)\n")
+    agent.send({"op": "run", "key": "q", "cmd": None, "dir": "tasks/q", "env": {},
+                "timeout": None, "outputs": [], "links": [["quit.py", str(tmp_path / "quit.py")]],
+                "call": {"target": "quit:now", "args": [], "kwargs": {}}})
+    done = agent.expect("done", "q")
+    assert done["exit"] == 7 and done["signal"] is None and "worker died" in done["error"]
+
+
 def test_kill_cancels_a_running_call(agent: AgentProc, tmp_path: Path) -> None:
     agent.send({"op": "run", "key": "a", "cmd": None, "dir": "tasks/a", "env": {},
                 "timeout": None, "outputs": [], "links": [["mod.py", str(tmp_path / "mod.py")]],
