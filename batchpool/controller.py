@@ -8,6 +8,7 @@ Every state change goes to the store, so another controller can pick the work up
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -334,8 +335,18 @@ class Controller:
         self._observe_duration(message.get("wall"))
         if node.shares_results:
             self._finished(key, outcome)
+            return
+        inline = message.get("files")
+        inline = inline if isinstance(inline, dict) else {}
+        wanted = ["stdout", "stderr", *outputs]
+        fetch = [name for name in wanted if name not in inline]
+        # empty logs are not written: a missing log reads as empty
+        write = {name: inline[name] for name in wanted
+                 if name in inline and (inline[name] or name in outputs)}
+        if fetch or write:
+            self._spawn(self._collect_then_finish(node, key, outcome, write, fetch))
         else:
-            self._spawn(self._fetch_then_finish(node, key, outcome, outputs))
+            self._finished(key, outcome)  # the common case of short tasks: no I/O at all
 
     def _observe_duration(self, wall: object) -> None:
         """Track how long attempts take; send short tasks ahead to the nodes."""
@@ -351,11 +362,14 @@ class Controller:
                 if node.ready:
                     self.scheduler.add_node(node.name, node.slots * factor)
 
-    async def _fetch_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
-                                 outputs: list[str]) -> None:
+    async def _collect_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
+                                   write: dict[str, str], fetch: list[str]) -> None:
+        """Save the files the agent sent in `done`, download the others, then finish."""
         local = self._results_root / attempt_dir(key)
         try:
-            for name in ["stdout", "stderr", *outputs]:
+            if write:
+                await asyncio.to_thread(_write_files, local, write)
+            for name in fetch:
                 await node.download(f"{attempt_dir(key)}/{name}", local / name)
         except Exception as exc:  # a failed copy fails the attempt, it may be retried
             if outcome.succeeded:
@@ -433,7 +447,8 @@ class Controller:
         links = run.local_links if node.shares_results else []
         message = {"op": "run", "key": start.key, "cmd": command, "dir": attempt_dir(start.key),
                    "env": env, "timeout": group.timeout, "links": links,
-                   "outputs": list(group.outputs)}
+                   "outputs": list(group.outputs),
+                   "inline": 0 if node.shares_results else defaults.INLINE_BYTES}
         if call is not None:
             message["call"] = call
         return message
@@ -571,6 +586,14 @@ class Controller:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)
             self._writer = None
+
+
+def _write_files(directory: Path, files: dict[str, str]) -> None:
+    """Write base64-encoded file contents (from an agent's `done`) under `directory`."""
+    for name, data in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
 
 
 def attempt_dir(key: str) -> str:

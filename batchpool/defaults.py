@@ -45,3 +45,8 @@ NODE_PYTHON = "python3"
 #: are never sent ahead, so none waits behind another while a slot elsewhere is free.
 PREFETCH_BELOW = 0.5
 PREFETCH_FACTOR = 2
+
+#: An agent sends an attempt's stdout, stderr and output files of at most this many
+#: bytes (each) back in its `done` message, instead of the controller fetching each
+#: over SFTP; bigger ones are fetched.
+INLINE_BYTES = 64 * 1024

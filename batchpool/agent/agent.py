@@ -18,6 +18,7 @@ controller sends once), each served by one thread of its own.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import glob
@@ -57,6 +58,7 @@ class Task:
         "cancelled",
         "dir",
         "finished",
+        "inline",
         "key",
         "links",
         "outputs",
@@ -73,6 +75,7 @@ class Task:
         self.dir = directory
         self.outputs = outputs
         self.links = links  # link names relative to dir, normalised
+        self.inline = 0  # send back stdout, stderr and outputs up to this size in `done`
         self.proc: subprocess.Popen[bytes] | None = proc  # kept alive until reaped
         self.pid = proc.pid  # also the process group id
         self.start = start
@@ -117,6 +120,28 @@ def match_outputs(directory: str, patterns: list[str], links: list[str]) -> dict
             found.add(rel)
         result[pattern] = sorted(found)
     return result
+
+
+def inline_files(directory: str, outputs: dict[str, list[str]], limit: int) -> dict[str, str]:
+    """stdout, stderr and output files of at most `limit` bytes each (and 4 x `limit` in
+    all), base64-encoded: the controller gets them in `done` instead of fetching each."""
+    found: dict[str, str] = {}
+    budget = 4 * limit
+    names = ["stdout", "stderr", *sorted({p for paths in outputs.values() for p in paths})]
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+            if size > limit or size > budget or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+        except OSError:
+            continue
+        if len(data) <= limit:
+            found[name] = base64.b64encode(data).decode("ascii")
+            budget -= len(data)
+    return found
 
 
 def _relative_name(name: object, what: str) -> str:
@@ -423,6 +448,9 @@ class Agent:
         try:
             cmd, env, timeout, links, outputs = parse_run(msg)
             call = parse_call(msg)
+            inline = msg.get("inline") or 0
+            if isinstance(inline, bool) or not isinstance(inline, int) or inline < 0:
+                raise BadMessage("run: inline must be a byte count >= 0")
             directory = msg.get("dir")
             if not isinstance(directory, str) or not directory or "\0" in directory:
                 raise BadMessage("run: dir must be a non-empty string")
@@ -450,7 +478,7 @@ class Agent:
         if call is not None:
             os.close(out_fd)
             os.close(err_fd)
-            return self.launch_call(key, directory, call, env, timeout, links, outputs)
+            return self.launch_call(key, directory, call, env, timeout, links, outputs, inline)
         full_env: dict[str, str] | None = None
         if env:
             full_env = dict(os.environ)
@@ -467,6 +495,7 @@ class Agent:
                 [SHELL, "-c", cmd], cwd=directory, env=full_env, stdin=self.devnull,
                 stdout=out_fd, stderr=err_fd, close_fds=True, start_new_session=True)
             task = Task(key, directory, outputs, [name for name, _ in links], proc, start)
+            task.inline = inline
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.done_error(key, f"cannot start {SHELL}: {exc}")
         finally:
@@ -488,7 +517,7 @@ class Agent:
 
     def launch_call(self, key: str, directory: str, call: dict[str, Any], env: dict[str, str],
                     timeout: float | None, links: list[tuple[str, str]],
-                    outputs: list[str]) -> bool:
+                    outputs: list[str], inline: int = 0) -> bool:
         """Hand a Python call to an idle warm worker, starting one if none is free."""
         if self.worker_source is None:
             self.done_error(key, "no worker source: the controller sent no 'worker' message")
@@ -505,6 +534,7 @@ class Agent:
             outputs = [*outputs, RESULT_FILE]
         start = time.monotonic()
         task = Task(key, directory, outputs, [name for name, _ in links], worker.proc, start)
+        task.inline = inline
         with self.lock:
             self.workers.add(worker)
             self.by_key[key] = task
@@ -543,7 +573,8 @@ class Agent:
                 outputs = match_outputs(task.dir, task.outputs, task.links)
             except (OSError, ValueError, RecursionError) as exc:
                 error = f"cannot match outputs: {exc}"
-        done = {"op": "done", "key": task.key, "exit": code, "signal": sig,
+        done: dict[str, Any] = {
+                "op": "done", "key": task.key, "exit": code, "signal": sig,
                 "timed_out": task.timed_out, "cancelled": task.cancelled,
                 "cpu": (reply or {}).get("cpu", 0.0),
                 "wall": round(time.monotonic() - task.start, 6), "outputs": outputs,
@@ -551,6 +582,8 @@ class Agent:
         for name in ("result", "pickle", "traceback"):
             if reply is not None and name in reply:
                 done[name] = reply[name]
+        if task.inline:
+            done["files"] = inline_files(task.dir, outputs, task.inline)
         self.send(done)
         self.pump()
 
@@ -648,10 +681,14 @@ class Agent:
                 outputs = match_outputs(task.dir, task.outputs, task.links)
             except (OSError, ValueError, RecursionError) as exc:
                 error = f"cannot match outputs: {exc}"
-        return _encode({"op": "done", "key": task.key, "exit": code, "signal": sig,
-                        "timed_out": task.timed_out, "cancelled": task.cancelled,
-                        "cpu": round(cpu, 6), "wall": round(wall, 6), "outputs": outputs,
-                        "error": error}).encode() + b"\n"
+        done: dict[str, Any] = {
+                "op": "done", "key": task.key, "exit": code, "signal": sig,
+                "timed_out": task.timed_out, "cancelled": task.cancelled,
+                "cpu": round(cpu, 6), "wall": round(wall, 6), "outputs": outputs,
+                "error": error}
+        if task.inline:
+            done["files"] = inline_files(task.dir, outputs, task.inline)
+        return _encode(done).encode() + b"\n"
 
     # ------------------------------------------------------------------- timer
 

@@ -7,6 +7,7 @@ if need be kills) every agent it started, and every process a test recorded.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import glob
@@ -474,3 +475,14 @@ def test_bad_slots_message_is_an_error(agents: StartAgent) -> None:
     agent = agents()
     agent.send({"op": "slots", "n": -1})
     assert "slots" in agent.expect("error")["error"]
+
+
+def test_small_logs_and_outputs_come_back_inline(agents: StartAgent) -> None:
+    agent = agents()
+    agent.run("a", "echo hi; echo oops >&2; printf x > small.txt; head -c 5000 /dev/zero > big.bin",
+              outputs=["*.txt", "*.bin"], inline=1000)
+    done = agent.expect("done", "a")
+    files = {name: base64.b64decode(data) for name, data in done["files"].items()}
+    assert files == {"stdout": b"hi\n", "stderr": b"oops\n", "small.txt": b"x"}
+    agent.run("b", "true")  # inline not asked for (a node sharing the results dir)
+    assert "files" not in agent.expect("done", "b")
