@@ -285,6 +285,8 @@ class Controller:
         self._node_lost(node, reason)
 
     def _node_lost(self, node: NodeSession, reason: str) -> None:
+        if node.state == NodeState.UNREACHABLE:
+            return  # already handled: the first reason stands
         log.warning("node %s unreachable: %s", node.name, reason)
         node.lost(reason)
         self._apply(self.scheduler.remove_node(node.name, self.clock(), reason))

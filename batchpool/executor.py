@@ -15,8 +15,8 @@ by module name on the node, so their module must be importable there. Nodes need
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
+import concurrent.futures.thread  # noqa: F401 (its exit hook must be registered before ours)
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -87,7 +87,10 @@ class Executor(_Executor):
                                         f"{self.job_id}", daemon=True)
         self._thread.start()
         self._ready.wait()
-        atexit.register(self.shutdown)  # like ThreadPoolExecutor: calls finish before exit
+        # Like ThreadPoolExecutor: an Executor left open finishes its calls before the
+        # program exits. threading's exit hooks run before the thread pools (which the
+        # controller uses) are shut down; atexit's would run after.
+        threading._register_atexit(self._at_exit)  # type: ignore[attr-defined]
 
     # -- the controller's thread -----------------------------------------------------------
     def _serve(self) -> None:
@@ -197,6 +200,10 @@ class Executor(_Executor):
         chunks = super().map(chunk_runner(fn), argument_lists, timeout=timeout)
         return itertools.chain.from_iterable(chunks)
 
+    def _at_exit(self) -> None:
+        if self._thread.is_alive():
+            self.shutdown(wait=True)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more calls; with `wait`, return once every call has finished."""
         with self._lock:
@@ -207,7 +214,6 @@ class Executor(_Executor):
             future.cancel()
         if not already and self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._controller.seal_calls, self.job_id)
-        atexit.unregister(self.shutdown)
         if wait:
             self._thread.join()
 

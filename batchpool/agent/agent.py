@@ -559,8 +559,8 @@ class Agent:
         error = None
         if reply is None:
             status = worker.proc.poll()  # it may have exited on its own (os._exit)
+            killpg(worker.proc.pid, signal.SIGKILL)  # and whatever the call left running
             if status is None:
-                killpg(worker.proc.pid, signal.SIGKILL)
                 status = worker.proc.wait()
             code, sig = (None, -status) if status < 0 else (status or None, None)
             if not (task.timed_out or task.cancelled):

@@ -212,7 +212,8 @@ class NodeSession:
                 self._flush()  # replies (new tasks for the freed slots) go out at once
         except (OSError, BatchpoolError) as exc:
             reason = f"connection to the node failed: {exc}"
-        if self.state not in (NodeState.LEAVING, NodeState.UNUSABLE):
+        # a node already marked lost (say, for missed heartbeats) keeps its first reason
+        if self.state not in (NodeState.LEAVING, NodeState.UNUSABLE, NodeState.UNREACHABLE):
             self._on_lost(self, reason)
 
     def _handle(self, line: bytes) -> None:

@@ -142,6 +142,8 @@ class ShardsSpec(_Frozen):
             raise spec_error("expected 'glob', 'npy' (with 'count') or 'files'")
         if len(given) > 1:
             raise spec_error("set one of 'glob' and 'npy'", "npy")
+        if self.npy is not None and self.files:
+            raise spec_error("set one of 'files' and 'npy'", "npy")
         return self
 
     @property

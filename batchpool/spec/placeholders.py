@@ -209,8 +209,8 @@ def check_template(
             continue
         if name == INDEX_PLACEHOLDER:
             return (
-                "{index} is only defined for groups with 'array' or 'params'; "
-                "add an array or remove the placeholder"
+                "{index} is only defined for groups with 'array', 'params', 'shards' or "
+                "'on_every_node'; add an array or remove the placeholder"
             )
         shown = ", ".join("{" + n + "}" for n in sorted(known))
         return (

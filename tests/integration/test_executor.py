@@ -106,6 +106,25 @@ def test_cancelled_future_never_runs(local: Batchpool) -> None:
     assert report["state"] == "succeeded" and report["cancelled"] == 1, report
 
 
+EXITS_WITHOUT_SHUTDOWN = """
+import time, batchpool
+def nap(s):
+    time.sleep(s)
+    return s
+ex = batchpool.Executor()
+futures = [ex.submit(nap, 0.3) for _ in range(3)]
+print(ex.job_id)
+"""  # and the program ends: no shutdown, no with-block
+
+
+def test_an_open_executor_finishes_its_calls_at_exit(local: Batchpool) -> None:
+    result = subprocess.run([sys.executable, "-c", EXITS_WITHOUT_SHUTDOWN], cwd=local.cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = local.json("job", "show", result.stdout.strip())
+    assert report["state"] == "succeeded" and report["succeeded"] == 3, report
+
+
 def test_an_executor_session_cannot_be_resumed(local: Batchpool) -> None:
     with batchpool.Executor() as ex:
         ex.submit(square, 2).result(timeout=60)
@@ -130,7 +149,8 @@ def test_executor_spreads_calls_over_ssh_nodes(bp: Batchpool, tmp_path: Path,
                                                dev_cluster: DevCluster) -> None:
     config = _config(dev_cluster, tmp_path)
     with batchpool.Executor(pool="dev", config=config) as ex:
-        placed = list(ex.map(lambda _: where(), range(60)))
+        # calls long enough that every node is up before they are all done
+        placed = list(ex.map(lambda _: (nap(0.2), where())[1], range(60)))
         assert sum(ex.map(square, range(1000), chunksize=50)) == sum(i * i for i in range(1000))
         with pytest.raises(KeyError):
             ex.submit(fail, 1).result(timeout=60)

@@ -438,8 +438,9 @@ def test_slots_limit_running_tasks_and_queue_the_rest_in_order(agents: StartAgen
     agent = agents()
     log = tmp_path / "order.log"
     agent.send({"op": "slots", "n": 2})
-    for i in range(6):
-        agent.run(f"q{i}", f"echo start {i} >> {log}; sleep 0.3; echo end {i} >> {log}")
+    for i in range(6):  # staggered lengths: no two tasks start at the same moment
+        nap = f"{0.2 * (i + 1):.1f}"
+        agent.run(f"q{i}", f"echo start {i} >> {log}; sleep {nap}; echo end {i} >> {log}")
     for i in range(6):
         assert agent.expect("done", f"q{i}", timeout=10)["exit"] == 0
     running, most = 0, 0

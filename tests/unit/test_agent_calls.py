@@ -129,6 +129,23 @@ def test_a_worker_that_exits_reports_its_exit_status(agent: AgentProc, tmp_path:
     assert done["exit"] == 7 and done["signal"] is None and "worker died" in done["error"]
 
 
+def test_a_crashing_worker_takes_what_it_started_with_it(agent: AgentProc,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "bg.py").write_text(
+        "import os, subprocess\n"
+        "def crash():\n"
+        "    p = subprocess.Popen(['sleep', '60'])\n"
+        "    open('sleep.pid', 'w').write(str(p.pid))\n"
+        "    os._exit(3)\n")
+    agent.send({"op": "run", "key": "c", "cmd": None, "dir": "tasks/c", "env": {},
+                "timeout": None, "outputs": [], "links": [["bg.py", str(tmp_path / "bg.py")]],
+                "call": {"target": "bg:crash", "args": [], "kwargs": {}}})
+    assert agent.expect("done", "c")["exit"] == 3
+    pid = int((agent.task_dir("c") / "sleep.pid").read_text())
+    agent.pids.append(pid)
+    assert wait_until(lambda: not alive(pid), 5), "the call's child outlived its worker"
+
+
 def test_kill_cancels_a_running_call(agent: AgentProc, tmp_path: Path) -> None:
     agent.send({"op": "run", "key": "a", "cmd": None, "dir": "tasks/a", "env": {},
                 "timeout": None, "outputs": [], "links": [["mod.py", str(tmp_path / "mod.py")]],

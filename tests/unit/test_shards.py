@@ -77,6 +77,8 @@ def test_npy_shards_count_members(tmp_path: Path) -> None:
     ('{ glob = "*.npy", files = ["x.npy"] }', "", "tasks[0].shards.files",
      "one of 'glob' and 'files'"),
     ('{ files = ["nope.csv"] }', "", "tasks[0].shards.files[0]", "not found"),
+    ('{ files = ["x.npy"], npy = "x.npy", count = 2 }', "", "tasks[0].shards.npy",
+     "one of 'files' and 'npy'"),
     ('{ glob = "*.npy" }', 'array = "0-3"', "tasks[0].array", "cannot be combined"),
     ('{ glob = "*.npy", depth = 2 }', "", "tasks[0].shards.depth", "unknown field"),
 ])
