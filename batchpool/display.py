@@ -99,8 +99,9 @@ def counts_table(title: str, counts: dict[str, dict[str, int]]) -> Table:
 def rows_table(columns: Iterable[str], rows: Iterable[Iterable[Any]],
                title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
+    for number, column in enumerate(columns):
+        # names and ids stay whole (the first columns); long free text wraps instead
+        table.add_column(column, no_wrap=number < 2, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     return table

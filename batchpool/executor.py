@@ -18,6 +18,7 @@ import asyncio
 import base64
 import concurrent.futures.thread  # noqa: F401 (its exit hook must be registered before ours)
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _Executor
@@ -190,15 +191,31 @@ class Executor(_Executor):
             self._controller.grow_calls(self.job_id, size)
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[T]:
-        """Like the builtin map, run on the pool; `chunksize` calls travel as one task."""
+            chunksize: int | None = None) -> Iterator[T]:
+        """Like the builtin map, run on the pool; `chunksize` calls travel as one task.
+
+        By default (None) the calls are cut into about four chunks per slot of the pool,
+        as `multiprocessing.Pool.map` does: one task per call would cost far more than a
+        small call. Pass ``chunksize=1`` for one task per call.
+        """
+        arguments = list(zip(*iterables, strict=False))
+        if chunksize is None:
+            chunksize = max(1, -(-len(arguments) // (4 * self._slots())))
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        argument_lists = _batches(zip(*iterables, strict=False), chunksize)
-        chunks = super().map(chunk_runner(fn), argument_lists, timeout=timeout)
+            return super().map(fn, *zip(*arguments, strict=True), timeout=timeout)
+        chunks = super().map(chunk_runner(fn), _batches(arguments, chunksize), timeout=timeout)
         return itertools.chain.from_iterable(chunks)
+
+    def _slots(self) -> int:
+        """The pool's slots: those of its nodes that are up, else a guess from its config."""
+        up = sum(node.slots for node in list(self._controller.nodes.values()) if node.ready)
+        if up:
+            return up
+        per_node = self._pool.slots_per_node
+        nodes = max(1, len(self._pool.hosts))
+        return nodes * (per_node if isinstance(per_node, int) else os.cpu_count() or 1)
 
     def _at_exit(self) -> None:
         if self._thread.is_alive():

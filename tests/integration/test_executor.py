@@ -66,6 +66,15 @@ def test_submit_map_and_futures_on_the_local_pool(local: Batchpool) -> None:
     assert report["state"] == "succeeded" and report["succeeded"] == 20 + 7 + 11 + 2
 
 
+def test_map_cuts_many_calls_into_a_few_tasks_per_slot(local: Batchpool) -> None:
+    with batchpool.Executor() as ex:
+        assert list(ex.map(square, range(1000))) == [i * i for i in range(1000)]
+        assert list(ex.map(square, [])) == []
+        slots = ex._slots()
+    total = local.json("job", "show", str(ex.job_id))["total"]
+    assert total <= 4 * slots, f"{total} tasks for 1000 calls on {slots} slots"
+
+
 def test_remote_exception_is_raised_with_the_remote_traceback(local: Batchpool) -> None:
     with batchpool.Executor() as ex:
         future = ex.submit(fail, 3)
