@@ -17,8 +17,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
-
 from batchpool import paths
 
 
@@ -31,6 +29,8 @@ def match_files(base_dir: str, pattern: str) -> list[str]:
 
 def npy_rows(path: str) -> int:
     """How many rows (first-axis entries) the .npy file holds; reads only its header."""
+    import numpy as np  # here: numpy costs a CLI start-up 0.1 s, and few specs shard
+
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     if array.ndim == 0:
         raise ValueError("it holds a scalar, not an array with rows")
@@ -53,6 +53,8 @@ def block_file(npy: str, count: int, position: int) -> Path:
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
     array = np.load(npy, mmap_mode="r", allow_pickle=False)
     start, stop = row_range(int(array.shape[0]), count, position)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
