@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -85,6 +86,26 @@ def load_part(path: Path) -> dict[str, int]:
     if not 0 <= part["hits"] <= part["samples"]:
         raise ValueError(f"{path}: hits {part['hits']} not in 0..samples {part['samples']}")
     return part
+
+
+def reduce(inputs: str | None = None) -> dict[str, float]:
+    """The reduce as a call: combine the parts under `inputs` ($BATCHPOOL_INPUTS_DIR).
+
+    Writes pi.json and prints the estimate like ``--reduce``; raises when there are no
+    parts or the estimate is more than 5 standard errors from pi (the task fails).
+    """
+    directory = Path(inputs or os.environ["BATCHPOOL_INPUTS_DIR"])
+    files = find_parts(directory)
+    if not files:
+        raise FileNotFoundError(f"no part.json or result.json under {directory}")
+    result = combine([load_part(f) for f in files])
+    Path("pi.json").write_text(json.dumps(result, indent=2))
+    print(f"pi = {result['pi']:.6f} +/- {result['stderr']:.6f} "
+          f"({result['samples']:,} samples in {result['shards']} shards; "
+          f"|error| = {result['error']:.2e})")
+    if result["error"] > 5 * result["stderr"]:
+        raise ValueError(f"pi is off by {result['error']:.2e}, over 5 standard errors")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,8 +64,10 @@ depends_on = ["p"]
 def test_call_form_of_montecarlo_pi_on_the_local_pool(bp: Batchpool) -> None:
     result = bp("run", str(ROOT / "jobs/montecarlo-pi/call.toml"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    counts = _results(bp)
+    results = _results(bp)
+    counts = {task: r for task, r in results.items() if task.startswith("count")}
     assert len(counts) == 64 and all(r["samples"] == 2_000_000 for r in counts.values())
+    assert results["reduce"]["samples"] == 64 * 2_000_000
     pi = json.loads(next((bp.home / "work/1/reduce").glob("*/pi.json")).read_text())
     assert abs(pi["pi"] - math.pi) < 5 * pi["stderr"]
 

@@ -232,6 +232,21 @@ def test_pi_reduce_reads_both_input_forms(forms: tuple[str, ...], tmp_path: Path
     assert json.loads((tmp_path / "pi.json").read_text())["shards"] == 8
 
 
+def test_pi_reduce_call_reads_the_inputs_dir_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = tmp_path / "inputs"
+    for seed in range(4):
+        (inputs / f"count[{seed}]").mkdir(parents=True)
+        (inputs / f"count[{seed}]" / "result.json").write_text(json.dumps(pi.count(seed, 20000)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCHPOOL_INPUTS_DIR", str(inputs))
+    result = pi.reduce()
+    assert result["shards"] == 4 and result["samples"] == 80000
+    assert json.loads((tmp_path / "pi.json").read_text()) == result
+    with pytest.raises(FileNotFoundError):
+        pi.reduce(str(tmp_path / "empty"))
+
+
 def test_pi_reduce_counts_a_task_once_and_rejects_bad_parts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
