@@ -680,4 +680,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        # The cluster is down and the temp dirs are gone by now. Exit at once: an
+        # Executor stuck in shutdown (see results-issue4.md) would otherwise hold the
+        # process in its exit hook forever.
+        print(f"interrupted ({str(exc) or 'Ctrl-C'}); cluster stopped", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

@@ -18,10 +18,12 @@ BATCHPOOL_HOME under a /tmp/bench-parallel-* directory (removed at the end):
   EP Executor      Executor().map(ep.run_shard, [class A] * 32, range(32), [32] * 32), then
                    combine and verify in this process.
 
-Speed-up = serial seconds / batchpool seconds (best of --repeat each). Target on 2
-cores: >= 1.8x for the call form and the Executor. --quick: 2M samples, EP class W.
-Before each measurement the 1-minute load average must fall to --max-load (waiting up
-to 10 minutes): other engineers share this machine; the load measured is printed.
+Speed-up = serial seconds / batchpool seconds (best of --repeat each; the median of the
+per-round ratios is printed too). Target on 2 cores: >= 1.8x for the call form and the
+Executor. --quick: 2M samples, EP class W. Before each measurement the 1-minute load
+average must fall to --max-load (waiting up to 10 minutes): other engineers share this
+machine; the load measured is printed, and the share of the machine other processes
+used during the measurement.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +75,8 @@ sys.exit(0 if result["error"] <= 5 * result["stderr"] else 2)
 
 @dataclass
 class Series:
-    """Wall seconds of one method, and the load before each run."""
+    """Wall seconds of one method, the load before each run and others' share of the
+    machine during it: what a reader needs to judge a figure taken on a shared machine."""
 
     seconds: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
@@ -88,7 +92,7 @@ class Series:
                 + "/".join(f"{o:.0%}" for o in self.others))
 
 
-def _tree_cpu(pids: Iterator[int] | list[int]) -> float:
+def _tree_cpu(pids: Iterable[int]) -> float:
     """CPU seconds of `pids` (present, live or zombie): their own time plus that of the
     children they reaped."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -114,6 +118,7 @@ class OwnCpu:
         self.interval = interval
         self.seen: set[int] = set()
         self.used = 0.0
+        self._start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -140,6 +145,7 @@ class OwnCpu:
 
 
 def batchpool_command() -> list[str]:
+    """The installed `batchpool` command (what a user runs), else `python -m batchpool`."""
     found = shutil.which("batchpool")
     return [found] if found else [sys.executable, "-m", "batchpool"]
 
@@ -316,9 +322,12 @@ def main() -> None:
         target = TARGET if form in ("call", "Executor") else None
         verdict = "" if target is None else (
             f"target >= {target:g}: {'met' if speedup >= target else 'NOT MET'}; ")
-        speedups[name] = {"speedup": speedup, "per_round": rounds, "target": target}
+        median = statistics.median(rounds)
+        speedups[name] = {"speedup": speedup, "per_round": rounds, "median_of_rounds": median,
+                          "target": target}
         report(f"speed-up {name}", speedup, "x",
-               verdict + "per round " + ", ".join(f"{r:.2f}" for r in rounds))
+               verdict + f"median of rounds {median:.2f}; per round "
+               + ", ".join(f"{r:.2f}" for r in rounds))
     if args.json:
         args.json.write_text(json.dumps({
             "batchpool": revision, "cpus": len(os.sched_getaffinity(0)), "samples": samples,
