@@ -419,7 +419,10 @@ class Controller:
                         " task_id=?", (start.node, now, start.job_id, start.task_id))
         if run.calls is not None and group.id == run.calls[0] and \
                 not run.calls[1].dispatch(start.position):
-            self._finished(start.key, Outcome(cancelled=True))  # its caller cancelled it
+            # its caller cancelled it; finished on the next turn of the loop, not here:
+            # thousands of cancelled calls in a row would otherwise recurse that deep
+            asyncio.get_running_loop().call_soon(self._finished, start.key,
+                                                 Outcome(cancelled=True))
             return
         message = self._run_message(run, group, start, node)
         if group.depends_on or group.shards or (run.spec.files and not node.shares_results):

@@ -349,6 +349,9 @@ class Agent:
                     killpg(task.pid, signal.SIGKILL)
             for worker in list(self.workers):
                 killpg(worker.proc.pid, signal.SIGKILL)
+            for worker in list(self.workers):  # reaped here: no zombies left to init
+                with contextlib.suppress(Exception):
+                    worker.proc.wait(timeout=0.2)
         finally:
             if locked:
                 self.lock.release()

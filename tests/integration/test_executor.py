@@ -134,6 +134,17 @@ def test_an_open_executor_finishes_its_calls_at_exit(local: Batchpool) -> None:
     assert report["state"] == "succeeded" and report["succeeded"] == 3, report
 
 
+def test_shutdown_cancelling_thousands_of_queued_calls_returns(local: Batchpool) -> None:
+    ex = batchpool.Executor()
+    futures = [ex.submit(nap, 0.05) for _ in range(3000)]
+    started = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - started < 60
+    assert all(f.done() for f in futures)
+    assert sum(f.cancelled() for f in futures) > 2000
+    assert local.json("job", "show", str(ex.job_id))["state"] == "succeeded"
+
+
 def test_an_executor_session_cannot_be_resumed(local: Batchpool) -> None:
     with batchpool.Executor() as ex:
         ex.submit(square, 2).result(timeout=60)
