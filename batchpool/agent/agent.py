@@ -122,6 +122,24 @@ def match_outputs(directory: str, patterns: list[str], links: list[str]) -> dict
     return result
 
 
+def done_message(task: Task, code: int | None, sig: int | None, cpu: float,
+                 error: str | None) -> dict[str, Any]:
+    """The `done` message of an ended attempt: its outputs matched, small files inline."""
+    outputs: dict[str, list[str]] = {}
+    if code == 0 and task.outputs:
+        try:
+            outputs = match_outputs(task.dir, task.outputs, task.links)
+        except (OSError, ValueError, RecursionError) as exc:
+            error = f"cannot match outputs: {exc}"
+    done: dict[str, Any] = {
+        "op": "done", "key": task.key, "exit": code, "signal": sig,
+        "timed_out": task.timed_out, "cancelled": task.cancelled, "cpu": round(cpu, 6),
+        "wall": round(time.monotonic() - task.start, 6), "outputs": outputs, "error": error}
+    if task.inline:
+        done["files"] = inline_files(task.dir, outputs, task.inline)
+    return done
+
+
 def inline_files(directory: str, outputs: dict[str, list[str]], limit: int) -> dict[str, str]:
     """stdout, stderr and output files of at most `limit` bytes each (and 4 x `limit` in
     all), base64-encoded: the controller gets them in `done` instead of fetching each."""
@@ -570,23 +588,10 @@ class Agent:
                 error = f"the Python worker died during the call (exit {status})"
         elif not reply.get("ok"):
             code, error = 1, str(reply.get("error") or "the call failed")
-        outputs: dict[str, list[str]] = {}
-        if code == 0 and task.outputs:
-            try:
-                outputs = match_outputs(task.dir, task.outputs, task.links)
-            except (OSError, ValueError, RecursionError) as exc:
-                error = f"cannot match outputs: {exc}"
-        done: dict[str, Any] = {
-                "op": "done", "key": task.key, "exit": code, "signal": sig,
-                "timed_out": task.timed_out, "cancelled": task.cancelled,
-                "cpu": (reply or {}).get("cpu", 0.0),
-                "wall": round(time.monotonic() - task.start, 6), "outputs": outputs,
-                "error": error}
+        done = done_message(task, code, sig, (reply or {}).get("cpu", 0.0), error)
         for name in ("result", "pickle", "traceback"):
             if reply is not None and name in reply:
                 done[name] = reply[name]
-        if task.inline:
-            done["files"] = inline_files(task.dir, outputs, task.inline)
         self.send(done)
         self.pump()
 
@@ -672,26 +677,11 @@ class Agent:
             cpu = usage.ru_utime + usage.ru_stime
         except ChildProcessError:
             status, cpu = 0, 0.0
-        wall = time.monotonic() - task.start
         code, sig = exit_status(status)
         if task.proc is not None:
             task.proc.returncode = code if code is not None else -(sig or 0)
             task.proc = None  # never waited on again
-        outputs: dict[str, list[str]] = {}
-        error = None
-        if code == 0 and task.outputs:
-            try:
-                outputs = match_outputs(task.dir, task.outputs, task.links)
-            except (OSError, ValueError, RecursionError) as exc:
-                error = f"cannot match outputs: {exc}"
-        done: dict[str, Any] = {
-                "op": "done", "key": task.key, "exit": code, "signal": sig,
-                "timed_out": task.timed_out, "cancelled": task.cancelled,
-                "cpu": round(cpu, 6), "wall": round(wall, 6), "outputs": outputs,
-                "error": error}
-        if task.inline:
-            done["files"] = inline_files(task.dir, outputs, task.inline)
-        return _encode(done).encode() + b"\n"
+        return _encode(done_message(task, code, sig, cpu, None)).encode() + b"\n"
 
     # ------------------------------------------------------------------- timer
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
+from helpers import Batchpool, stop, wait_for, write
 
 from batchpool.config import PoolConfig
 from batchpool.controller import owner_id
@@ -88,11 +88,11 @@ command = "echo $$ >> {pids}; sleep 300"
 """)
     run = bp.spawn("run", str(spec))
     try:
-        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) >= 1)
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) >= 1)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)  # reaped: the owner pid is gone, not a zombie
     finally:
-        _stop(run)
+        stop(run)
     assert bp.json("job", "show", "1")["state"] == "running"
     return run.pid
 
@@ -201,19 +201,3 @@ def test_undefined_default_pool_is_refused_at_load(bp: Batchpool, tmp_path: Path
     assert bp.json("job", "list") == []
 
 
-def _wait_for(condition: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()

@@ -6,12 +6,11 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
+from helpers import Batchpool, stop, wait_for, write
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,12 +166,12 @@ command = "echo $$ >> {pidfile}; sleep 300"
 """)
     run = bp.spawn("run", str(spec))
     try:
-        _wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) >= 2)
+        wait_for(lambda: pidfile.exists() and len(pidfile.read_text().split()) >= 2)
         bp("job", "cancel", "1", check=True)
         run.wait(timeout=30)
         assert run.returncode == 1
     finally:
-        _stop(run)
+        stop(run)
     report = bp.json("job", "show", "1")
     assert report["state"] == "cancelled"
     assert report["cancelled"] == 10
@@ -191,11 +190,11 @@ command = "echo {{index}} >> {log}; sleep 0.2"
 """)
     run = bp.spawn("run", str(spec))
     try:
-        _wait_for(lambda: log.exists() and len(log.read_text().split()) >= 8)
+        wait_for(lambda: log.exists() and len(log.read_text().split()) >= 8)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
     finally:
-        _stop(run)
+        stop(run)
     before = bp.json("job", "show", "1")
     assert before["state"] == "running"
     done_before = {t["task_id"] for t in _tasks(bp, "succeeded")}
@@ -260,22 +259,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(condition: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
 
 
 @pytest.fixture(autouse=True)
