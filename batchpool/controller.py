@@ -131,7 +131,7 @@ class Controller:
         self._results = f"{self._results_root}/"
         self._started: dict[str, float] = {}
         self._mean_wall: float | None = None      # moving average of attempt durations
-        self._prefetching = False
+        self._prefetch = 1   # tasks sent to a node per slot: see _observe_duration
         self._call_sources: dict[int, tuple[str, CallSource]] = {}
         self._owner_seen = 0.0  # when owner_seen was last refreshed
 
@@ -273,8 +273,7 @@ class Controller:
     async def _bring_up(self, node: NodeSession) -> None:
         await node.start(self.connect_timeout)
         if node.ready:
-            factor = defaults.PREFETCH_FACTOR if self._prefetching else 1
-            self.scheduler.add_node(node.name, node.slots * factor)
+            self.scheduler.add_node(node.name, node.slots * self._prefetch)
         else:  # its tasks pinned to it (on_every_node) fail; the rest run elsewhere
             self._apply(self.scheduler.remove_node(node.name, self.clock(),
                                                    f"{node.state}: {node.reason}"))
@@ -356,13 +355,12 @@ class Controller:
             return
         mean = wall if self._mean_wall is None else 0.9 * self._mean_wall + 0.1 * wall
         self._mean_wall = mean
-        short = mean < defaults.PREFETCH_BELOW
-        if short != self._prefetching:
-            self._prefetching = short
-            factor = defaults.PREFETCH_FACTOR if short else 1
+        prefetch = prefetch_depth(mean)
+        if prefetch != self._prefetch:
+            self._prefetch = prefetch
             for node in self.nodes.values():
                 if node.ready:
-                    self.scheduler.add_node(node.name, node.slots * factor)
+                    self.scheduler.add_node(node.name, node.slots * prefetch)
 
     async def _collect_then_finish(self, node: NodeSession, key: str, outcome: Outcome,
                                    write: dict[str, str], fetch: list[str]) -> None:
@@ -591,6 +589,13 @@ class Controller:
             self._write_nodes(self.clock())
             await asyncio.to_thread(self._writer.close)
             self._writer = None
+
+
+def prefetch_depth(mean_wall: float) -> int:
+    """Tasks to send a node per slot when attempts take `mean_wall` seconds on average:
+    one running, and enough waiting to cover PREFETCH_AHEAD (defaults.py)."""
+    ahead = int(defaults.PREFETCH_AHEAD / mean_wall) if mean_wall > 0 else defaults.PREFETCH_MAX
+    return max(1, min(defaults.PREFETCH_MAX, 1 + ahead))
 
 
 def _write_files(directory: Path, files: dict[str, str]) -> None:

@@ -39,12 +39,14 @@ NODE_WORKDIR = "/tmp/batchpool"
 #: Python used to start the node agent, when a pool does not say.
 NODE_PYTHON = "python3"
 
-#: When attempts take less than this (seconds, moving average), each node is sent up to
-#: PREFETCH_FACTOR x its slots of tasks, the extra ones waiting on the node: the round
-#: trip to the controller then no longer idles a slot between short tasks. Long tasks
-#: are never sent ahead, so none waits behind another while a slot elsewhere is free.
-PREFETCH_BELOW = 0.5
-PREFETCH_FACTOR = 2
+#: Each node is sent enough tasks beyond its slots to keep every slot busy for about
+#: this long (seconds), judged by the moving average of attempt durations, and at most
+#: PREFETCH_MAX x its slots in all. The extra tasks wait on the node, so the round trip
+#: to the controller never idles a slot between short tasks, and the agent can report
+#: several results at once; tasks that take longer than this are never sent ahead, so
+#: none waits behind another while a slot elsewhere is free.
+PREFETCH_AHEAD = 0.05
+PREFETCH_MAX = 16
 
 #: An agent sends an attempt's stdout, stderr and output files of at most this many
 #: bytes (each) back in its `done` message, instead of the controller fetching each

@@ -42,8 +42,12 @@ PROTOCOL_VERSION = 1
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL (cancel, timeout)
 SHELL = "/bin/sh"
 
-_HB, _TIMEOUT, _GRACE = 0, 1, 2  # timer event kinds
+_HB, _TIMEOUT, _GRACE, _FLUSH = 0, 1, 2, 3  # timer event kinds
+HOLD = 0.02  # seconds a `done` line may wait to go out with others (see Agent.report)
 RESULT_FILE = "result.json"  # where a worker leaves a call's JSON return value
+SPARE_DIR = ".spare"  # under the workdir: emptied attempt directories kept for reuse
+SPARE_MAX = 64  # spares one agent keeps; beyond them, empty attempt directories stay
+LOGS = ["stderr", "stdout"]  # what an attempt directory holds when its task left nothing
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII-safe: surrogates escaped
 
 
@@ -283,6 +287,8 @@ class Agent:
         self.worker_source: str | None = None  # sent by the controller before any call
         self.workers: set[Worker] = set()  # live worker processes (guarded by lock)
         self.idle_workers: list[Worker] = []  # of those, the ones free for a call
+        self.spares: list[tuple[str, str]] = []  # (task dir, attempt name): see recycle
+        self.held: list[bytes] = []  # `done` lines not sent yet (guarded by lock): report
 
     # ----------------------------------------------------------------- output
 
@@ -326,6 +332,7 @@ class Agent:
         # A Ctrl-C meant for a local controller must not kill the agent (the controller
         # decides); a Python-level handler, unlike SIG_IGN, is not inherited by tasks.
         signal.signal(signal.SIGINT, lambda signum, frame: None)
+        self.adopt_spares()
         self.send(self.hello())
         threading.Thread(target=self.guard, args=(self.reap_loop,), name="reaper",
                          daemon=True).start()
@@ -484,7 +491,8 @@ class Agent:
         directory = self.resolve(directory)
         out_fd = err_fd = -1
         try:
-            os.makedirs(directory, exist_ok=True)
+            if not self.reuse(directory):
+                os.makedirs(directory, exist_ok=True)
             for name, target in links:
                 self.link(directory, name, target)
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -592,8 +600,77 @@ class Agent:
         for name in ("result", "pickle", "traceback"):
             if reply is not None and name in reply:
                 done[name] = reply[name]
-        self.send(done)
+        if reply is not None:
+            self.recycle(task)
         self.pump()
+        self.report([_encode(done).encode() + b"\n"])
+
+    # ----------------------------------------------------------------- spares
+
+    def adopt_spares(self) -> None:
+        """Take over the spares an earlier agent on this workdir left behind."""
+        root = os.path.join(self.workdir, SPARE_DIR)
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(root))[:SPARE_MAX]:
+                inside = os.listdir(os.path.join(root, name))
+                if len(inside) == 1:
+                    self.spares.append((os.path.join(root, name), inside[0]))
+
+    def recycle(self, task: Task) -> None:
+        """Keep the directory of an attempt that left nothing, to reuse for another.
+
+        Creating a directory and two log files is most of what an attempt costs the
+        node when the task itself is short: inode allocation is slow on some file
+        systems (ext4 skips recently deleted inodes). An attempt directory
+        WORKDIR/JOB/TASK/ATTEMPT holding only empty stdout and stderr, in a TASK
+        directory holding nothing else, is moved (TASK and all) under SPARE_DIR; `reuse`
+        renames it into place for a new task. Its result reads the same: missing logs
+        read as empty.
+        """
+        if task.outputs or task.links or len(self.spares) >= SPARE_MAX:
+            return
+        parts = os.path.relpath(task.dir, self.workdir).split(os.sep)
+        if len(parts) != 3 or ".." in parts:  # only the controller's JOB/TASK/ATTEMPT
+            return
+        parent, leaf = os.path.split(task.dir)
+        try:
+            if os.listdir(parent) != [leaf] or sorted(os.listdir(task.dir)) != LOGS or any(
+                    os.stat(os.path.join(task.dir, name)).st_size for name in LOGS):
+                return
+            spare = os.path.join(self.workdir, SPARE_DIR, f"{os.getpid()}-{next(self.seq)}")
+            try:
+                os.rename(parent, spare)
+            except FileNotFoundError:  # the first spare: make SPARE_DIR
+                os.makedirs(os.path.dirname(spare), exist_ok=True)
+                os.rename(parent, spare)
+        except OSError:
+            return
+        with self.lock:
+            self.spares.append((spare, leaf))
+
+    def reuse(self, directory: str) -> bool:
+        """Move a spare into place as `directory` (a new task's first attempt)."""
+        parent, leaf = os.path.split(directory)
+        with self.lock:
+            found = next((i for i, (_, name) in enumerate(self.spares) if name == leaf), None)
+            if found is None:
+                return False
+            spare = self.spares.pop(found)[0]
+        try:
+            if any(os.stat(os.path.join(spare, leaf, name)).st_size for name in LOGS):
+                return False  # written to since (by a process that escaped): dropped
+            if os.path.lexists(parent):  # not a first attempt: the spare waits for one
+                with self.lock:
+                    self.spares.append((spare, leaf))
+                return False
+            try:
+                os.rename(spare, parent)
+            except FileNotFoundError:  # the job's directory does not exist yet
+                os.makedirs(os.path.dirname(parent), exist_ok=True)
+                os.rename(spare, parent)
+        except OSError:
+            return False  # gone (another agent on this workdir took it) or unusable
+        return True
 
     def link(self, directory: str, name: str, target: str) -> None:
         path = os.path.join(directory, name)
@@ -628,6 +705,29 @@ class Agent:
             killpg(task.pid, signal.SIGTERM)
         self.schedule(time.monotonic() + GRACE, _GRACE, task)
 
+    def report(self, lines: list[bytes]) -> None:
+        """Send `done` lines now, or hold them a moment to go out with the next ones.
+
+        While more tasks wait here than there are slots, the controller's answer (new
+        tasks for the freed slots) is not needed yet, so lines are held until the queue
+        runs short or HOLD seconds pass: one write, one wake-up of the controller and
+        one reply for several short tasks instead of one each.
+        """
+        with self.lock:
+            self.held.extend(lines)
+            if self.slots and len(self.waiting) > self.slots:
+                if len(self.held) == len(lines):  # the first held line: a deadline
+                    self.schedule(time.monotonic() + HOLD, _FLUSH, None)
+                return
+        self.flush_held()
+
+    def flush_held(self) -> None:
+        with self.lock:
+            data = b"".join(self.held)
+            self.held.clear()
+        if data:
+            self.write(data)
+
     # ------------------------------------------------------------------ reaper
 
     def reap_loop(self) -> None:
@@ -652,8 +752,8 @@ class Agent:
                 except ChildProcessError:
                     info = None
             if lines:
-                self.write(b"".join(lines))
                 self.pump()
+                self.report(lines)
 
     def reap(self, pid: int) -> bytes | None:
         """Reap one exited child (seen with WNOWAIT, so still a zombie); its done line."""
@@ -681,7 +781,9 @@ class Agent:
         if task.proc is not None:
             task.proc.returncode = code if code is not None else -(sig or 0)
             task.proc = None  # never waited on again
-        return _encode(done_message(task, code, sig, cpu, None)).encode() + b"\n"
+        line = _encode(done_message(task, code, sig, cpu, None)).encode() + b"\n"
+        self.recycle(task)  # before `done` goes out: no later attempt of it can be here yet
+        return line
 
     # ------------------------------------------------------------------- timer
 
@@ -715,6 +817,8 @@ class Agent:
                 self.send({"op": "hb", "t": round(time.time(), 3), "running": len(self.by_key),
                            "load": load})
                 self.schedule(max(when + self.heartbeat, now), _HB, None)
+            elif kind == _FLUSH:
+                self.flush_held()
             elif task is not None and kind == _TIMEOUT:
                 with self.lock:
                     if task.finished:

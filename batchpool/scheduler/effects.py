@@ -22,10 +22,10 @@ class Start:
     first: bool
     index: int | None = None            # the array index or grid position, for placeholders
     params: Mapping[str, Any] = field(default_factory=dict)   # this member's grid values
+    key: str = field(init=False, compare=False)   # the attempt's key (attempt_key)
 
-    @property
-    def key(self) -> str:
-        return attempt_key(self.job_id, self.task_id, self.attempt)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", attempt_key(self.job_id, self.task_id, self.attempt))
 
 
 @dataclass(frozen=True)

@@ -371,24 +371,34 @@ class TaskGroupSpec(_Frozen):
         """The array's ``%N`` limit, if any."""
         return self._index_set.limit if self._index_set is not None else None
 
-    def _check_position(self, position: int) -> None:
-        if not 0 <= position < self._size:
+    def _check_position(self, position: int) -> IndexSet | None:
+        """The index set, once `position` is known to be valid.
+
+        Reads the private attributes through ``__pydantic_private__`` in one lookup: the
+        scheduler calls this for every task it starts, and pydantic's ``__getattr__`` for
+        each private attribute costs more than the rest of the call.
+        """
+        private = self.__pydantic_private__
+        assert private is not None
+        if not 0 <= position < private["_size"]:
             raise IndexError(f"group {self.id!r} has no member at position {position}")
+        index_set: IndexSet | None = private["_index_set"]
+        return index_set
 
     def task_id(self, position: int) -> str:
         """``reduce``, ``map[7]`` (array index) or ``sweep[3]`` (grid position)."""
-        self._check_position(position)
-        if self._index_set is not None:
-            return f"{self.id}[{self._index_set.nth(position)}]"
+        index_set = self._check_position(position)
+        if index_set is not None:
+            return f"{self.id}[{index_set.nth(position)}]"
         if self.params or self.on_every_node is not False or self.shards is not None:
             return f"{self.id}[{position}]"
         return self.id
 
     def member(self, position: int) -> Member:
         """Member `position` (0-based, in ascending index / row-major grid order)."""
-        self._check_position(position)
-        if self._index_set is not None:
-            index = self._index_set.nth(position)
+        index_set = self._check_position(position)
+        if index_set is not None:
+            index = index_set.nth(position)
             return Member(f"{self.id}[{index}]", index, {})
         if self.params:
             chosen: dict[str, Any] = {}

@@ -487,3 +487,59 @@ def test_small_logs_and_outputs_come_back_inline(agents: StartAgent) -> None:
     assert files == {"stdout": b"hi\n", "stderr": b"oops\n", "small.txt": b"x"}
     agent.run("b", "true")  # inline not asked for (a node sharing the results dir)
     assert "files" not in agent.expect("done", "b")
+
+
+def test_attempt_directories_left_empty_are_reused(agents: StartAgent, tmp_path: Path) -> None:
+    agent = agents()
+    work, spares = tmp_path / "w", tmp_path / "w" / ".spare"
+    agent.run("a", "true", "1/t@0/1")
+    assert agent.expect("done", "a")["exit"] == 0
+    assert not (work / "1" / "t@0").exists()  # it left nothing: kept as a spare
+    (spare,) = spares.iterdir()
+    inode = spare.stat().st_ino
+    agent.run("b", "echo $(ls -A) in $(pwd)", "1/t@1/1")
+    assert agent.expect("done", "b")["exit"] == 0
+    assert list(spares.iterdir()) == []
+    task_dir = work / "1" / "t@1"
+    assert task_dir.stat().st_ino == inode  # the spare, renamed into place
+    assert (task_dir / "1" / "stdout").read_text() == f"stderr stdout in {task_dir / '1'}\n"
+    # directories that hold something are left where they are
+    agent.run("c", "touch scratch", "1/t@2/1")
+    agent.run("d", "echo out > part.txt", "1/t@3/1", outputs=["*.txt"])
+    agent.run("e", "true", str(tmp_path / "elsewhere" / "t" / "1"))
+    (work / "1" / "t@4" / "1").mkdir(parents=True)
+    agent.run("f", "exit 1", "1/t@4/2")  # a retry: its task directory holds attempt 1
+    for key in "cdef":
+        agent.expect("done", key)
+    assert (work / "1" / "t@2" / "1" / "scratch").exists()
+    assert (work / "1" / "t@3" / "1" / "part.txt").exists()
+    assert (tmp_path / "elsewhere" / "t" / "1" / "stdout").exists()
+    assert (work / "1" / "t@4" / "2" / "stdout").exists()
+
+
+def test_a_spare_written_to_after_it_was_kept_is_not_reused(agents: StartAgent,
+                                                            tmp_path: Path) -> None:
+    agent = agents()
+    agent.run("a", "true", "1/t@0/1")
+    agent.expect("done", "a")
+    (spare,) = (tmp_path / "w" / ".spare").iterdir()
+    (spare / "1" / "stdout").write_text("late output of an escaped process\n")
+    agent.run("b", "echo mine", "1/t@1/1")
+    agent.expect("done", "b")
+    assert (tmp_path / "w" / "1" / "t@1").stat().st_ino != spare.stat().st_ino
+    assert (tmp_path / "w" / "1" / "t@1" / "1" / "stdout").read_text() == "mine\n"
+
+
+def test_done_lines_wait_while_work_is_queued_but_at_most_hold(agents: StartAgent) -> None:
+    agent = agents()
+    agent.send({"op": "slots", "n": 1})
+    sent = time.monotonic()
+    agent.write(b"".join(encode({"op": "run", "key": key, "cmd": cmd, "dir": f"q/{key}"})
+                         for key, cmd in [("a", "sleep 0.1"), ("b", "sleep 1"), ("c", "true"),
+                                          ("d", "true")]))
+    first = agent.expect("done", "a", timeout=5)
+    arrived = time.monotonic() - sent
+    # when `a` ended, two tasks still waited behind `b`: its line was held, for HOLD
+    assert first["wall"] + agent_module.HOLD <= arrived < 0.6, (first["wall"], arrived)
+    for key in "bcd":
+        assert agent.expect("done", key, timeout=5)["exit"] == 0

@@ -300,3 +300,14 @@ def test_pinned_attempt_on_a_lost_node_fails_instead_of_moving() -> None:
     assert starts(effects) == []
     assert of(effects, Settle)[0].task_id == "b[1]"
     assert of(s.finished(placed[0].key, OK, now=6), JobDone)[0].state == "failed"
+
+
+def test_prefetch_depth_keeps_each_slot_busy_for_the_lookahead() -> None:
+    from batchpool import defaults
+    from batchpool.controller import prefetch_depth
+
+    assert prefetch_depth(1.0) == 1                       # long tasks: never sent ahead
+    assert prefetch_depth(defaults.PREFETCH_AHEAD) == 2   # one running, one waiting
+    assert prefetch_depth(defaults.PREFETCH_AHEAD / 4) == 5
+    assert prefetch_depth(0.0001) == defaults.PREFETCH_MAX
+    assert prefetch_depth(0.0) == defaults.PREFETCH_MAX
