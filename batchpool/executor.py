@@ -79,6 +79,7 @@ class Executor(_Executor):
         self._futures: dict[int, Future[Any]] = {}
         self._payloads: dict[int, str] = {}
         self._count = 0
+        self._growing = False  # a _grow is on its way to the loop: see submit
         self._shutdown = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -180,12 +181,16 @@ class Executor(_Executor):
             self._count += 1
             self._futures[position] = future
             self._payloads[position] = payload
-            size = self._count
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._grow, size)
+            wake, self._growing = not self._growing, True
+        if wake:  # one wake-up of the loop for a burst of submits, not one each
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._grow)
         return future
 
-    def _grow(self, size: int) -> None:
+    def _grow(self) -> None:
+        with self._lock:
+            self._growing = False
+            size = self._count
         run = self._controller.jobs.get(self.job_id)
         if run is not None and size > run.progress.total:  # else the job's start takes it
             self._controller.grow_calls(self.job_id, size)

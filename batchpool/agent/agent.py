@@ -45,6 +45,7 @@ SHELL = "/bin/sh"
 _HB, _TIMEOUT, _GRACE, _FLUSH = 0, 1, 2, 3  # timer event kinds
 HOLD = 0.02  # seconds a `done` line may wait to go out with others (see Agent.report)
 RESULT_FILE = "result.json"  # where a worker leaves a call's JSON return value
+BATCH_MAX = 8  # Executor calls handed to one worker at once, at most (see Agent.pump)
 SPARE_DIR = ".spare"  # under the workdir: emptied attempt directories kept for reuse
 SPARE_MAX = 64  # spares one agent keeps; beyond them, empty attempt directories stay
 LOGS = ["stderr", "stdout"]  # what an attempt directory holds when its task left nothing
@@ -71,22 +72,28 @@ class Task:
         "start",
         "term_sent",
         "timed_out",
+        "timeout",
     )
 
     def __init__(self, key: str, directory: str, outputs: list[str], links: list[str],
-                 proc: subprocess.Popen[bytes], start: float) -> None:
+                 proc: subprocess.Popen[bytes] | None, start: float) -> None:
         self.key = key
         self.dir = directory
         self.outputs = outputs
         self.links = links  # link names relative to dir, normalised
         self.inline = 0  # send back stdout, stderr and outputs up to this size in `done`
         self.proc: subprocess.Popen[bytes] | None = proc  # kept alive until reaped
-        self.pid = proc.pid  # also the process group id
+        self.pid = proc.pid if proc is not None else 0  # also the process group id
         self.start = start
+        self.timeout: float | None = None
         self.timed_out = False
         self.cancelled = False
         self.term_sent = False
         self.finished = False  # set under Agent.lock before the leader is reaped
+
+    def attach(self, proc: subprocess.Popen[bytes], start: float) -> None:
+        """A call: its process is the worker it was handed to."""
+        self.proc, self.pid, self.start = proc, proc.pid, start
 
 
 def killpg(pgid: int, sig: int) -> None:
@@ -229,15 +236,23 @@ def parse_call(msg: dict[str, Any]) -> dict[str, Any] | None:
     return {"target": target, "args": args, "kwargs": kwargs}
 
 
+def batchable(msg: dict[str, Any]) -> bool:
+    """An Executor call that may share a worker hand-over with others: one with no
+    timeout (a batch cannot time out call by call), no links and no outputs."""
+    call = msg.get("call")
+    return isinstance(call, dict) and "pickle" in call and msg.get("timeout") is None \
+        and not msg.get("links") and not msg.get("outputs")
+
+
 class Worker:
-    """One warm worker process and the thread that feeds it calls, one at a time."""
+    """One warm worker process and the thread that feeds it calls, a batch at a time."""
 
     def __init__(self, agent: Agent, source: str) -> None:
         self.agent = agent
         self.proc = subprocess.Popen(
             [sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             cwd=agent.workdir, close_fds=True, start_new_session=True)
-        self.calls: queue.SimpleQueue[tuple[Task, dict[str, Any]]] = queue.SimpleQueue()
+        self.calls: queue.SimpleQueue[list[tuple[Task, dict[str, Any]]]] = queue.SimpleQueue()
         threading.Thread(target=agent.guard, args=(self.serve,), name="worker",
                          daemon=True).start()
 
@@ -245,17 +260,23 @@ class Worker:
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
         while True:
-            task, request = self.calls.get()
-            reply: dict[str, Any] | None = None
+            calls = self.calls.get()
+            requests = [request for _, request in calls]
+            replies: list[dict[str, Any]] | None = None
             try:
-                stdin.write(_encode(request).encode() + b"\n")
+                stdin.write(_encode(requests[0] if len(requests) == 1 else
+                                    {"batch": requests}).encode() + b"\n")
                 stdin.flush()
                 line = stdout.readline()
-                reply = json.loads(line) if line else None
-            except (OSError, ValueError):
-                reply = None
-            self.agent.call_done(self, task, reply)
-            if reply is None:
+                if line:
+                    reply = json.loads(line)
+                    replies = reply["batch"] if len(requests) > 1 else [reply]
+            except (OSError, ValueError, KeyError, TypeError):
+                replies = None
+            if replies is not None and len(replies) != len(calls):
+                replies = None
+            self.agent.calls_done(self, calls, replies)
+            if replies is None:
                 return
 
 
@@ -450,7 +471,7 @@ class Agent:
                 self.waiting.append(msg)
                 return
             self.active += 1
-        if not self.launch(msg, key):
+        if not self.launch([msg]):
             self.release()
 
     def release(self) -> None:
@@ -460,19 +481,48 @@ class Agent:
         self.pump()
 
     def pump(self) -> None:
-        """Start waiting tasks while there are free slots (called by any thread)."""
+        """Start waiting tasks while there are free slots (called by any thread).
+
+        Executor calls waiting in a row go to one worker together, as one batch taking
+        one slot, when the queue is long: their share of it, at most BATCH_MAX.
+        """
         while not self.exiting:
             with self.lock:
-                if not self.waiting or (self.slots and self.active >= self.slots):
+                waiting = self.waiting
+                if not waiting or (self.slots and self.active >= self.slots):
                     return
-                msg = self.waiting.popleft()
+                batch = [waiting.popleft()]
+                if batchable(batch[0]):
+                    room = min(BATCH_MAX, 1 + len(waiting) // max(1, self.slots))
+                    while len(batch) < room and waiting and batchable(waiting[0]):
+                        batch.append(waiting.popleft())
                 self.active += 1
-            if not self.launch(msg, msg["key"]):
+            if not self.launch(batch):
                 with self.lock:
                     self.active -= 1
 
-    def launch(self, msg: dict[str, Any], key: str) -> bool:
-        """Prepare the attempt directory and spawn the task; False if it did not start."""
+    def launch(self, msgs: list[dict[str, Any]]) -> bool:
+        """Start a run, or hand a batch of calls to one worker; False if none started."""
+        calls: list[tuple[Task, dict[str, Any]]] = []
+        for msg in msgs:
+            prepared = self.prepare(msg, msg["key"])
+            if prepared is None:
+                continue
+            cmd, call, env, timeout, links, outputs, inline, directory = prepared
+            if call is None:  # a shell command: never part of a batch
+                return self.spawn(msg["key"], cmd, env, timeout, links, outputs, inline,
+                                  directory)
+            if "target" in call:
+                outputs = [*outputs, RESULT_FILE]
+            task = Task(msg["key"], directory, outputs, [name for name, _ in links], None,
+                        time.monotonic())
+            task.inline = inline
+            task.timeout = timeout
+            calls.append((task, {"dir": directory, "env": env, **call}))
+        return bool(calls) and self.launch_calls(calls)
+
+    def prepare(self, msg: dict[str, Any], key: str) -> tuple[Any, ...] | None:
+        """Check a run and make its directory and links; None (reported) if it cannot run."""
         try:
             cmd, env, timeout, links, outputs = parse_run(msg)
             call = parse_call(msg)
@@ -484,17 +534,27 @@ class Agent:
                 raise BadMessage("run: dir must be a non-empty string")
         except BadMessage as exc:
             self.done_error(key, str(exc))
-            return False
+            return None
         if key in self.by_key:
             self.error(f"run: key {key!r} is already running; ignored", key)
-            return False
+            return None
         directory = self.resolve(directory)
-        out_fd = err_fd = -1
         try:
             if not self.reuse(directory):
                 os.makedirs(directory, exist_ok=True)
             for name, target in links:
                 self.link(directory, name, target)
+        except OSError as exc:
+            self.done_error(key, f"cannot prepare {directory}: {exc}")
+            return None
+        return cmd, call, env, timeout, links, outputs, inline, directory
+
+    def spawn(self, key: str, cmd: str, env: dict[str, str], timeout: float | None,
+              links: list[tuple[str, str]], outputs: list[str], inline: int,
+              directory: str) -> bool:
+        """Spawn a shell command in its prepared directory; False if it did not start."""
+        out_fd = err_fd = -1
+        try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
             out_fd = os.open(os.path.join(directory, "stdout"), flags, 0o666)
             err_fd = os.open(os.path.join(directory, "stderr"), flags, 0o666)
@@ -504,10 +564,6 @@ class Agent:
                     os.close(fd)
             self.done_error(key, f"cannot prepare {directory}: {exc}")
             return False
-        if call is not None:
-            os.close(out_fd)
-            os.close(err_fd)
-            return self.launch_call(key, directory, call, env, timeout, links, outputs, inline)
         full_env: dict[str, str] | None = None
         if env:
             full_env = dict(os.environ)
@@ -544,12 +600,12 @@ class Agent:
             self.schedule(start + timeout, _TIMEOUT, task)
         return True
 
-    def launch_call(self, key: str, directory: str, call: dict[str, Any], env: dict[str, str],
-                    timeout: float | None, links: list[tuple[str, str]],
-                    outputs: list[str], inline: int = 0) -> bool:
-        """Hand a Python call to an idle warm worker, starting one if none is free."""
+    def launch_calls(self, calls: list[tuple[Task, dict[str, Any]]]) -> bool:
+        """Hand calls to an idle warm worker, starting one if none is free."""
         if self.worker_source is None:
-            self.done_error(key, "no worker source: the controller sent no 'worker' message")
+            for task, _ in calls:
+                self.done_error(task.key, "no worker source: the controller sent no 'worker'"
+                                " message")
             return False
         with self.lock:
             worker = self.idle_workers.pop() if self.idle_workers else None
@@ -557,53 +613,69 @@ class Agent:
             try:
                 worker = Worker(self, self.worker_source)
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                self.done_error(key, f"cannot start a worker: {exc}")
+                for task, _ in calls:
+                    self.done_error(task.key, f"cannot start a worker: {exc}")
                 return False
-        if "target" in call:
-            outputs = [*outputs, RESULT_FILE]
         start = time.monotonic()
-        task = Task(key, directory, outputs, [name for name, _ in links], worker.proc, start)
-        task.inline = inline
         with self.lock:
             self.workers.add(worker)
-            self.by_key[key] = task
-        if timeout is not None:
-            self.schedule(start + timeout, _TIMEOUT, task)
-        worker.calls.put((task, {"dir": directory, "env": env, **call}))
+            for task, _ in calls:
+                task.attach(worker.proc, start)
+                self.by_key[task.key] = task
+        for task, _ in calls:
+            if task.timeout is not None:
+                self.schedule(start + task.timeout, _TIMEOUT, task)
+        worker.calls.put(calls)
         return True
 
-    def call_done(self, worker: Worker, task: Task, reply: dict[str, Any] | None) -> None:
-        """A call ended (reply None: its worker died, e.g. killed for a timeout)."""
+    def calls_done(self, worker: Worker, calls: list[tuple[Task, dict[str, Any]]],
+                   replies: list[dict[str, Any]] | None) -> None:
+        """A batch of calls ended (replies None: its worker died, e.g. killed for a timeout)."""
         with self.lock:
-            task.finished = True
+            for task, _ in calls:
+                task.finished = True
+                if self.by_key.get(task.key) is task:
+                    del self.by_key[task.key]
             self.active -= 1
-            if self.by_key.get(task.key) is task:
-                del self.by_key[task.key]
-            if reply is None:
+            if replies is None:
                 self.workers.discard(worker)
             else:
                 self.idle_workers.append(worker)
-        code: int | None = 0
-        sig: int | None = None
-        error = None
-        if reply is None:
+        died = None
+        if replies is None:
             status = worker.proc.poll()  # it may have exited on its own (os._exit)
             killpg(worker.proc.pid, signal.SIGKILL)  # and whatever the call left running
             if status is None:
                 status = worker.proc.wait()
-            code, sig = (None, -status) if status < 0 else (status or None, None)
-            if not (task.timed_out or task.cancelled):
-                error = f"the Python worker died during the call (exit {status})"
-        elif not reply.get("ok"):
-            code, error = 1, str(reply.get("error") or "the call failed")
-        done = done_message(task, code, sig, (reply or {}).get("cpu", 0.0), error)
-        for name in ("result", "pickle", "traceback"):
-            if reply is not None and name in reply:
-                done[name] = reply[name]
-        if reply is not None:
-            self.recycle(task)
+            died = (None, -status) if status < 0 else (status or None, None)
+            others = f" (with {len(calls) - 1} other calls sent to it together)" \
+                if len(calls) > 1 else ""
+            error = f"the Python worker died during the call{others} (exit {status})"
+        lines = []
+        for i, (task, _) in enumerate(calls):
+            if replies is None:
+                assert died is not None
+                code, sig = died
+                done = done_message(task, code, sig, 0.0, None if (
+                    task.timed_out or task.cancelled) else error)
+            else:
+                done = self.call_reply(task, replies[i])
+            lines.append(_encode(done).encode() + b"\n")
         self.pump()
-        self.report([_encode(done).encode() + b"\n"])
+        self.report(lines)
+
+    def call_reply(self, task: Task, reply: dict[str, Any]) -> dict[str, Any]:
+        """The `done` of a call its worker answered."""
+        code, error = (0, None) if reply.get("ok") else (
+            1, str(reply.get("error") or "the call failed"))
+        done = done_message(task, code, None, reply.get("cpu", 0.0), error)
+        if isinstance(reply.get("wall"), (int, float)):
+            done["wall"] = reply["wall"]  # not counting its wait behind others of a batch
+        for name in ("result", "pickle", "traceback"):
+            if name in reply:
+                done[name] = reply[name]
+        self.recycle(task)
+        return done
 
     # ----------------------------------------------------------------- spares
 

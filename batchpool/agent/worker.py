@@ -12,6 +12,8 @@ kwargs)``, from the Executor API). During the call the working directory is the
 attempt directory, the task's environment is applied, and file descriptors 1 and 2 go
 to the attempt's ``stdout``/``stderr`` files. The reply says ``ok`` or gives the error
 and traceback; a JSON call's return value is also written to ``result.json`` there.
+A request ``{"batch": [request, ...]}`` runs its calls in order and has one reply,
+``{"batch": [reply, ...]}``: the agent sends many short Executor calls that way.
 
 A call that hangs or must be cancelled is ended by killing this process: the agent
 then starts a fresh worker for the next call.
@@ -27,6 +29,7 @@ import os
 import pickle
 import resource
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -70,20 +73,42 @@ def resolve(target: str, directory: str) -> Any:
     return obj
 
 
+_HOME = os.getcwd()  # the worker's working directory between calls
+_BEFORE: dict[str, str | None] = {}  # each variable a call set: its value before any call
+_SET: dict[str, str] = {}  # what the calls set them to, as now in os.environ
+
+
+def _apply_env(env: dict[str, str]) -> None:
+    """Give a call its environment, changing only what differs from the last call's.
+
+    Successive calls set the same names (BATCHPOOL_TASK_ID, ...), mostly to the same
+    values; setting and restoring each one per call cost more than a no-op call.
+    """
+    for name in [n for n in _SET if n not in env]:  # the last call's, not this one's
+        before = _BEFORE.pop(name)
+        del _SET[name]
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+    for name, value in env.items():
+        if _SET.get(name) != value:
+            if name not in _BEFORE:
+                _BEFORE[name] = os.environ.get(name)
+            os.environ[name] = _SET[name] = value
+
+
 class _Redirected:
     """fds 1 and 2 to the attempt's files, the environment and cwd set, for one call."""
 
     def __init__(self, directory: str, env: dict[str, str]) -> None:
         self.directory = directory
         self.env = env
-        self.saved_env: dict[str, str | None] = {}
         self.saved_fds: list[int] = []
-        self.saved_cwd = ""
 
     def __enter__(self) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        self.saved_cwd = os.getcwd()
         os.chdir(self.directory)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -91,9 +116,7 @@ class _Redirected:
             target = os.open(os.path.join(self.directory, name), flags, 0o666)
             os.dup2(target, fd)
             os.close(target)
-        for name, value in self.env.items():
-            self.saved_env[name] = os.environ.get(name)
-            os.environ[name] = value
+        _apply_env(self.env)
 
     def __exit__(self, *exc: object) -> None:
         sys.stdout.flush()
@@ -101,12 +124,7 @@ class _Redirected:
         for fd, saved in enumerate(self.saved_fds, start=1):  # fds 1 and 2
             os.dup2(saved, fd)
             os.close(saved)
-        for name, value in self.saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        os.chdir(self.saved_cwd)
+        os.chdir(_HOME)
 
 
 def _dumps(value: Any) -> bytes:
@@ -120,7 +138,7 @@ def _dumps(value: Any) -> bytes:
 def handle(request: dict[str, Any]) -> dict[str, Any]:
     """Run one call; the reply (never raises for the call's own errors)."""
     directory = request["dir"]
-    started = _cpu()
+    started, wall = _cpu(), time.monotonic()
     reply: dict[str, Any] = {"ok": True}
     with _Redirected(directory, request.get("env") or {}):
         try:
@@ -147,6 +165,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     reply["pickle"] = base64.b64encode(_dumps(exc)).decode()
     reply["cpu"] = round(_cpu() - started, 6)
+    reply["wall"] = round(time.monotonic() - wall, 6)
     return reply
 
 
@@ -156,7 +175,9 @@ def main() -> None:
     for line in sys.stdin:
         if not line.strip():
             continue
-        reply = handle(json.loads(line))
+        request = json.loads(line)
+        reply = {"batch": [handle(r) for r in request["batch"]]} if "batch" in request \
+            else handle(request)
         channel.write(json.dumps(reply, separators=(",", ":")) + "\n")
 
 
