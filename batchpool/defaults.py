@@ -46,7 +46,7 @@ NODE_PYTHON = "python3"
 #: several results at once; tasks that take longer than this are never sent ahead, so
 #: none waits behind another while a slot elsewhere is free.
 PREFETCH_AHEAD = 0.05
-PREFETCH_MAX = 16
+PREFETCH_MAX = 64
 
 #: An agent sends an attempt's stdout, stderr and output files of at most this many
 #: bytes (each) back in its `done` message, instead of the controller fetching each

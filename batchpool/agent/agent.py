@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import errno
 import glob
 import heapq
 import itertools
@@ -45,7 +46,7 @@ SHELL = "/bin/sh"
 _HB, _TIMEOUT, _GRACE, _FLUSH = 0, 1, 2, 3  # timer event kinds
 HOLD = 0.02  # seconds a `done` line may wait to go out with others (see Agent.report)
 RESULT_FILE = "result.json"  # where a worker leaves a call's JSON return value
-BATCH_MAX = 8  # Executor calls handed to one worker at once, at most (see Agent.pump)
+BATCH_MAX = 32  # Executor calls handed to one worker at once, at most (see Agent.pump)
 SPARE_DIR = ".spare"  # under the workdir: emptied attempt directories kept for reuse
 SPARE_MAX = 64  # spares one agent keeps; beyond them, empty attempt directories stay
 LOGS = ["stderr", "stdout"]  # what an attempt directory holds when its task left nothing
@@ -191,7 +192,7 @@ def parse_run(msg: dict[str, Any]) -> tuple[str, dict[str, str], float | None,
         raise BadMessage("run: cmd must be a string")
     env = msg.get("env") or {}
     if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            type(k) is str and type(v) is str for k, v in env.items()):
         raise BadMessage("run: env must map strings to strings")
     timeout = msg.get("timeout")
     if timeout is not None:
@@ -286,6 +287,7 @@ class Agent:
     def __init__(self, workdir: str, heartbeat: float, reader: IO[bytes],
                  writer: IO[bytes]) -> None:
         self.workdir = workdir
+        self.root = workdir.rstrip("/") + "/"  # attempt directories start with this
         self.heartbeat = heartbeat
         self.reader = reader
         self.out = writer
@@ -699,21 +701,22 @@ class Agent:
         renames it into place for a new task. Its result reads the same: missing logs
         read as empty.
         """
-        if task.outputs or task.links or len(self.spares) >= SPARE_MAX:
-            return
-        parts = os.path.relpath(task.dir, self.workdir).split(os.sep)
-        if len(parts) != 3 or ".." in parts:  # only the controller's JOB/TASK/ATTEMPT
-            return
-        parent, leaf = os.path.split(task.dir)
+        directory, root = task.dir, self.root
+        if task.outputs or task.links or len(self.spares) >= SPARE_MAX or \
+                not directory.startswith(root) or directory.count("/", len(root)) != 2:
+            return  # (`resolve` normalised it: JOB/TASK/ATTEMPT, no "..")
+        parent, _, leaf = directory.rpartition("/")
         try:
-            if os.listdir(parent) != [leaf] or sorted(os.listdir(task.dir)) != LOGS or any(
-                    os.stat(os.path.join(task.dir, name)).st_size for name in LOGS):
+            names = os.listdir(directory)
+            if len(names) != 2 or "stdout" not in names or "stderr" not in names \
+                    or os.stat(directory + "/stdout").st_size \
+                    or os.stat(directory + "/stderr").st_size or os.listdir(parent) != [leaf]:
                 return
-            spare = os.path.join(self.workdir, SPARE_DIR, f"{os.getpid()}-{next(self.seq)}")
+            spare = f"{root}{SPARE_DIR}/{os.getpid()}-{next(self.seq)}"
             try:
                 os.rename(parent, spare)
             except FileNotFoundError:  # the first spare: make SPARE_DIR
-                os.makedirs(os.path.dirname(spare), exist_ok=True)
+                os.makedirs(root + SPARE_DIR, exist_ok=True)
                 os.rename(parent, spare)
         except OSError:
             return
@@ -722,26 +725,30 @@ class Agent:
 
     def reuse(self, directory: str) -> bool:
         """Move a spare into place as `directory` (a new task's first attempt)."""
-        parent, leaf = os.path.split(directory)
+        parent, _, leaf = directory.rpartition("/")
         with self.lock:
-            found = next((i for i, (_, name) in enumerate(self.spares) if name == leaf), None)
-            if found is None:
-                return False
-            spare = self.spares.pop(found)[0]
+            spares = self.spares
+            if spares and spares[-1][1] == leaf:
+                spare = spares.pop()[0]
+            else:
+                found = next((i for i, (_, name) in enumerate(spares) if name == leaf), None)
+                if found is None:
+                    return False
+                spare = spares.pop(found)[0]
         try:
-            if any(os.stat(os.path.join(spare, leaf, name)).st_size for name in LOGS):
+            if os.stat(f"{spare}/{leaf}/stdout").st_size or \
+                    os.stat(f"{spare}/{leaf}/stderr").st_size:
                 return False  # written to since (by a process that escaped): dropped
-            if os.path.lexists(parent):  # not a first attempt: the spare waits for one
-                with self.lock:
-                    self.spares.append((spare, leaf))
-                return False
             try:
                 os.rename(spare, parent)
             except FileNotFoundError:  # the job's directory does not exist yet
-                os.makedirs(os.path.dirname(parent), exist_ok=True)
+                os.makedirs(parent.rpartition("/")[0], exist_ok=True)
                 os.rename(spare, parent)
-        except OSError:
-            return False  # gone (another agent on this workdir took it) or unusable
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # a later attempt: not for it
+                with self.lock:
+                    self.spares.append((spare, leaf))
+            return False  # else gone (another agent on this workdir took it) or unusable
         return True
 
     def link(self, directory: str, name: str, target: str) -> None:

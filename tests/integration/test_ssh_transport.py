@@ -84,6 +84,15 @@ def test_connect_and_run(dev_cluster: DevCluster, dev_nodes: list[DevNode]) -> N
 
 
 @ssh
+def test_aes_gcm_is_negotiated_first(dev_cluster: DevCluster, dev_nodes: list[DevNode]) -> None:
+    async def go() -> None:
+        async with await connect(dev_cluster, dev_nodes[0]) as conn:
+            ssh = conn._conn  # the asyncssh connection, as negotiated with OpenSSH's sshd
+            assert ssh._enc_alg_cs == ssh._enc_alg_sc == b"aes128-gcm@openssh.com"
+    run(go())
+
+
+@ssh
 def test_run_timeout_raises_command_error(dev_cluster: DevCluster,
                                           dev_nodes: list[DevNode]) -> None:
     async def go() -> None:

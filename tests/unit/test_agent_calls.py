@@ -7,13 +7,15 @@ import json
 import os
 import pickle
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agent_harness import AgentProc, StartAgent, alive, wait_until
 
-from batchpool.agent.launch import worker_source
+from batchpool.agent.agent import batchable
+from batchpool.agent.launch import encode, worker_source
 
 MODULE = '''
 import os, sys, time
@@ -189,3 +191,49 @@ def test_workers_die_with_the_agent(agent: AgentProc, tmp_path: Path) -> None:
     pid = json.loads(call(agent, "a", "mod:count", tmp_path, 1)["result"])["pid"]
     agent.send({"op": "exit"})
     assert wait_until(lambda: not alive(pid), 5)
+
+
+def pickled_run(key: str, fn: Any, *args: Any, env: dict[str, str] | None = None,
+                **fields: Any) -> dict[str, Any]:
+    payload = base64.b64encode(pickle.dumps((fn, args, {}))).decode()
+    return {"op": "run", "key": key, "cmd": None, "dir": f"1/{key}/1", "env": env or {},
+            "timeout": None, "outputs": [], "links": [], "call": {"pickle": payload},
+            **fields}
+
+
+def queue_behind_a_busy_slot(agent: AgentProc, *runs: dict[str, Any]) -> None:
+    """One slot, busy for 0.5 s: the runs wait in the agent's queue, then go together."""
+    agent.send({"op": "slots", "n": 1})
+    agent.write(b"".join(encode(run) for run in [pickled_run("busy", time.sleep, 0.5), *runs]))
+    assert agent.expect("done", "busy")["exit"] == 0
+
+
+def test_queued_executor_calls_go_to_one_worker_together(agent: AgentProc) -> None:
+    queue_behind_a_busy_slot(agent, pickled_run("a", time.sleep, 0.3),
+                             pickled_run("b", os.getenv, "MY", env={"MY": "1"}),
+                             pickled_run("c", os.getenv, "MY", env={"MY": "2"}),
+                             pickled_run("d", os.getenv, "MY"))
+    done = {key: agent.expect("done", key) for key in "abcd"}
+    values = {key: pickle.loads(base64.b64decode(done[key]["pickle"])) for key in "bcd"}
+    assert values == {"b": "1", "c": "2", "d": None}  # each call its own environment
+    # `b` ran after `a` in the same batch; its wall time is its own, not its wait
+    assert done["a"]["wall"] >= 0.3 and done["b"]["wall"] < 0.2
+
+
+def test_a_call_that_kills_its_worker_fails_the_calls_sent_with_it(agent: AgentProc) -> None:
+    queue_behind_a_busy_slot(agent, pickled_run("a", os.getpid), pickled_run("b", os._exit, 5),
+                             pickled_run("c", os.getpid))
+    for key in "abc":
+        done = agent.expect("done", key)
+        assert done["exit"] == 5 and "with 2 other calls sent to it together" in done["error"]
+    agent.send(pickled_run("after", os.getpid))  # a fresh worker takes the next call
+    assert agent.expect("done", "after")["exit"] == 0
+
+
+def test_only_executor_calls_without_timeout_links_or_outputs_are_batched() -> None:
+    assert batchable(pickled_run("a", os.getpid))
+    assert not batchable(pickled_run("a", os.getpid, timeout=5))
+    assert not batchable(pickled_run("a", os.getpid, links=[["x", "/tmp/x"]]))
+    assert not batchable(pickled_run("a", os.getpid, outputs=["*.txt"]))
+    assert not batchable({"op": "run", "key": "a", "cmd": "true"})
+    assert not batchable({"op": "run", "key": "a", "call": {"target": "m:f"}})
