@@ -145,7 +145,12 @@ class OwnCpu:
 
 
 def batchpool_command() -> list[str]:
-    """The installed `batchpool` command (what a user runs), else `python -m batchpool`."""
+    """The `batchpool` script installed with this interpreter (what a user runs), else
+    `python -m batchpool`. Not the first on PATH: a pyenv shim there is a bash script
+    that costs 0.1 s per run, which is pyenv's, not batchpool's."""
+    beside = Path(sys.executable).parent / "batchpool"
+    if beside.exists():
+        return [str(beside)]
     found = shutil.which("batchpool")
     return [found] if found else [sys.executable, "-m", "batchpool"]
 

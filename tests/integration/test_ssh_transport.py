@@ -171,7 +171,8 @@ def test_agent_stream_echoes_and_sees_eof(dev_cluster: DevCluster, dev_nodes: li
             assert await agent.readline() == big.upper()
             agent.close()
             deadline = time.monotonic() + 10
-            while not marker.exists() and time.monotonic() < deadline:
+            # the program creates the file, then writes it: an empty one is not there yet
+            while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert marker.read_text() == "eof"
             assert await agent.readline() == b""
