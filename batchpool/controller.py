@@ -132,6 +132,7 @@ class Controller:
         self._started: dict[str, float] = {}
         self._mean_wall: float | None = None      # moving average of attempt durations
         self._prefetch = 1   # tasks sent to a node per slot: see _observe_duration
+        self._refill_pending = False   # a _refill is due on the next loop turn
         self._call_sources: dict[int, tuple[str, CallSource]] = {}
         self._owner_seen = 0.0  # when owner_seen was last refreshed
 
@@ -377,10 +378,17 @@ class Controller:
         self._finished(key, outcome)
 
     def _finished(self, key: str, outcome: Outcome) -> None:
-        now = self.clock()
-        # refill the freed slot at once: a round trip through the main loop costs latency;
-        # the loop itself only wakes for timers, node changes and job ends
-        self._apply(self.scheduler.finished(key, outcome, now) + self.scheduler.schedule(now))
+        self._apply(self.scheduler.finished(key, outcome, self.clock()))
+        # refill the freed slots on the next turn of the loop, once for all the results of
+        # a read (an agent reports many short tasks at once), not through the main loop,
+        # which only wakes for timers, node changes and job ends
+        if not self._refill_pending:
+            self._refill_pending = True
+            asyncio.get_running_loop().call_soon(self._refill)
+
+    def _refill(self) -> None:
+        self._refill_pending = False
+        self._apply(self.scheduler.schedule(self.clock()))
 
     # -- effects -------------------------------------------------------------------------
     def _apply(self, effects: list[Effect]) -> None:
