@@ -15,6 +15,8 @@ BATCHPOOL_HOME under a /tmp/bench-parallel-* directory (removed at the end):
                    process, Executor start-up and shutdown included, then combine;
   EP serial        `python3 ep.py --class A` (NPB EP, 2^28 pairs, verified);
   EP command       `batchpool run jobs/npb-ep/job-a.toml` (32 shards + verify);
+  EP call          `batchpool run jobs/npb-ep/call-a.toml` (32 ep.shard calls in warm
+                   workers + the ep.verify call), the whole CLI process timed;
   EP Executor      Executor().map(ep.run_shard, [class A] * 32, range(32), [32] * 32), then
                    combine and verify in this process.
 
@@ -277,6 +279,8 @@ def main() -> None:
                             f"samples = {samples}")
         ep_job = with_text(EP_DIR / "job-a.toml", tmp / "ep-job.toml", "--class A",
                            f"--class {npb}")
+        ep_call = with_text(EP_DIR / "call-a.toml", tmp / "ep-call.toml", '"A", "{index}"',
+                            f'"{npb}", "{{index}}"')
         env = {**os.environ, "BATCHPOOL_HOME": str(home)}
         methods: dict[str, Callable[[], float]] = {}
         if "pi" in wanted:
@@ -292,6 +296,7 @@ def main() -> None:
                 "EP serial": lambda: run_process(
                     [sys.executable, "ep.py", "--class", npb], tmp, env)[0],
                 "EP command": lambda: batchpool_run(ep_job, config, tmp, EP_SHARDS + 1),
+                "EP call": lambda: batchpool_run(ep_call, config, tmp, EP_SHARDS + 1),
                 "EP Executor": lambda: executor_ep(config, tmp, npb),
             }
         revision = batchpool_revision()

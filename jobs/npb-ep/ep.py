@@ -3,6 +3,7 @@
 shard:  python3 ep.py --class W --shard 3 --shards 16 --out ep.json
 reduce: python3 ep.py --reduce DIR      (sums every ep.json under DIR, verifies, prints)
 whole:  python3 ep.py --class S          (one process: run every batch, verify, print)
+calls:  call = "ep:shard" and call = "ep:verify" in a spec (see call-a.toml)
 
 The kernel follows the NPB 3.x specification of EP: 2^M pairs of uniform deviates in
 (-1, 1) from the NPB linear congruential generator x <- 5^13 x mod 2^46 (seed 271828183),
@@ -298,6 +299,31 @@ def report(result: dict[str, Any]) -> tuple[str, bool]:
         lines.append(f" (no reference values for class {result['class']}, M = {result['m']})")
     lines.append(f" Verification    = {'SUCCESSFUL' if verified else 'FAILED'}")
     return "\n".join(lines), verified
+
+
+def shard(npb_class: str, index: int, shards: int) -> dict[str, Any]:
+    """A shard as a Python call (``call = "ep:shard"``): its result, as JSON."""
+    return run_shard(CLASSES[npb_class], index, shards)
+
+
+def verify(inputs: str | None = None) -> dict[str, Any]:
+    """The reduce as a call: combine the shards under `inputs` ($BATCHPOOL_INPUTS_DIR).
+
+    Reads the shards' return values (result.json) or ep.json files, writes
+    ep-result.json and prints the table like ``--reduce``; raises when the shards do not
+    add up or the sums fail verification (the task fails).
+    """
+    directory = Path(inputs or os.environ["BATCHPOOL_INPUTS_DIR"])
+    files = sorted(directory.rglob("result.json")) or sorted(directory.rglob("ep.json"))
+    result = combine([json.loads(f.read_text()) for f in files])
+    text, verified = report(result)
+    print(text)
+    Path("ep-result.json").write_text(json.dumps({**result, "verified": verified}, indent=2)
+                                      + "\n")
+    if not verified:
+        raise ArithmeticError(f"NPB EP class {result['class']} failed verification")
+    return {**{key: result[key] for key in ("class", "m", "gaussian_pairs")},
+            "verified": verified}
 
 
 def reduce(directory: Path, out: Path) -> int:

@@ -28,6 +28,21 @@ def test_npb_ep_class_s_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
     assert len(ran_on) > 1, f"the shards all ran on {ran_on}"
 
 
+def test_npb_ep_call_form_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
+                                               dev_cluster: DevCluster) -> None:
+    shutil.copy(ROOT / "jobs/npb-ep/ep.py", tmp_path)
+    text = (ROOT / "jobs/npb-ep/call-a.toml").read_text()  # class S in 4 shards, else as is
+    spec = write(tmp_path / "call-s.toml", text.replace('"A", "{index}", 32', '"S", "{index}", 4')
+                 .replace('array = "0-31"', 'array = "0-3"'))
+    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    logs = bp("job", "logs", "1", "verify").stdout
+    assert re.search(r"Verification\s+=\s+SUCCESSFUL", logs), logs
+    results = {a.task_id: a for a in Store(bp.home / "batchpool.db").attempts(1)
+               if a.state == "succeeded"}
+    assert len({results[f"shard[{i}]"].node for i in range(4)}) > 1
+    assert '"verified": true' in results["verify"].result
+
+
 def test_matmul_runs_once_per_node_and_tabulates_them(bp: Batchpool, tmp_path: Path,
                                                       dev_cluster: DevCluster) -> None:
     shutil.copy(ROOT / "jobs/matmul/matmul_bench.py", tmp_path)

@@ -346,3 +346,30 @@ def test_other_specs_load() -> None:
     assert count.call == "pi:count" and count.size == 64
     assert dict(count.kwargs) == {"seed": "{index}", "samples": 2000000}
     assert call.tasks[1].depends_on == ("count",)
+
+
+def test_ep_call_form_shards_and_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = tmp_path / "inputs"
+    for index in range(2):  # what the verify task finds: each shard's return value
+        (inputs / f"shard[{index}]").mkdir(parents=True)
+        (inputs / f"shard[{index}]" / "result.json").write_text(
+            json.dumps(ep.shard("S", index, 2)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BATCHPOOL_INPUTS_DIR", str(inputs))
+    summary = ep.verify()
+    assert summary == {"class": "S", "m": 24, "gaussian_pairs": 13176389, "verified": True}
+    assert json.loads((tmp_path / "ep-result.json").read_text())["verified"] is True
+    part = json.loads((inputs / "shard[1]" / "result.json").read_text())
+    part["sx_exact"] = hex(int(part["sx_exact"], 16) + (1 << 1060))  # a wrong sum
+    part["sx"] += 2.0 ** -14
+    (inputs / "shard[1]" / "result.json").write_text(json.dumps(part))
+    with pytest.raises(ArithmeticError, match="failed verification"):
+        ep.verify()
+
+
+def test_ep_call_spec_is_the_command_spec_as_calls() -> None:
+    command, call = load_spec(JOBS / "npb-ep/job-a.toml"), load_spec(JOBS / "npb-ep/call-a.toml")
+    assert [g.size for g in call.tasks] == [g.size for g in command.tasks] == [32, 1]
+    shard, verify = call.tasks
+    assert shard.call == "ep:shard" and list(shard.args) == ["A", "{index}", 32]
+    assert verify.call == "ep:verify" and verify.depends_on == ("shard",)
