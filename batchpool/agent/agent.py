@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,6 +71,7 @@ class Task:
         "outputs",
         "pid",
         "proc",
+        "scratch",
         "start",
         "term_sent",
         "timed_out",
@@ -87,6 +89,7 @@ class Task:
         self.pid = proc.pid if proc is not None else 0  # also the process group id
         self.start = start
         self.timeout: float | None = None
+        self.scratch = False  # a call run in its worker's directory (see worker.py)
         self.timed_out = False
         self.cancelled = False
         self.term_sent = False
@@ -257,6 +260,25 @@ class Worker:
         threading.Thread(target=agent.guard, args=(self.serve,), name="worker",
                          daemon=True).start()
 
+    @property
+    def home(self) -> str:
+        """The directory the worker makes for itself: where Executor calls run."""
+        return os.path.join(self.agent.workdir, ".workers", str(self.proc.pid))
+
+    def salvage(self) -> None:
+        """After it died: give its spooled output to the call it was running (named in
+        `current`), then remove its directory."""
+        home = self.home
+        with contextlib.suppress(OSError):
+            with open(os.path.join(home, "current"), "rb") as handle:
+                target = os.fsdecode(handle.read())
+            for name in ("stdout", "stderr") if target else ():
+                spooled = os.path.join(home, name)
+                if os.path.getsize(spooled):
+                    os.makedirs(target, exist_ok=True)
+                    shutil.copyfile(spooled, os.path.join(target, name))
+        shutil.rmtree(home, ignore_errors=True)
+
     def serve(self) -> None:
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
@@ -400,6 +422,7 @@ class Agent:
             for worker in list(self.workers):  # reaped here: no zombies left to init
                 with contextlib.suppress(Exception):
                     worker.proc.wait(timeout=0.2)
+                    shutil.rmtree(worker.home, ignore_errors=True)
         finally:
             if locked:
                 self.lock.release()
@@ -520,7 +543,10 @@ class Agent:
                         time.monotonic())
             task.inline = inline
             task.timeout = timeout
-            calls.append((task, {"dir": directory, "env": env, **call}))
+            request = {"dir": directory, "env": env, **call}
+            if "pickle" in call and not links and not outputs:  # see prepare
+                task.scratch = request["scratch"] = True
+            calls.append((task, request))
         return bool(calls) and self.launch_calls(calls)
 
     def prepare(self, msg: dict[str, Any], key: str) -> tuple[Any, ...] | None:
@@ -541,6 +567,9 @@ class Agent:
             self.error(f"run: key {key!r} is already running; ignored", key)
             return None
         directory = self.resolve(directory)
+        if call is not None and "pickle" in call and not links and not outputs:
+            # an Executor call: its worker makes the directory, if it leaves anything
+            return cmd, call, env, timeout, links, outputs, inline, directory
         try:
             if not self.reuse(directory):
                 os.makedirs(directory, exist_ok=True)
@@ -649,6 +678,7 @@ class Agent:
             killpg(worker.proc.pid, signal.SIGKILL)  # and whatever the call left running
             if status is None:
                 status = worker.proc.wait()
+            worker.salvage()
             died = (None, -status) if status < 0 else (status or None, None)
             others = f" (with {len(calls) - 1} other calls sent to it together)" \
                 if len(calls) > 1 else ""
@@ -702,7 +732,7 @@ class Agent:
         read as empty.
         """
         directory, root = task.dir, self.root
-        if task.outputs or task.links or len(self.spares) >= SPARE_MAX or \
+        if task.scratch or task.outputs or task.links or len(self.spares) >= SPARE_MAX or \
                 not directory.startswith(root) or directory.count("/", len(root)) != 2:
             return  # (`resolve` normalised it: JOB/TASK/ATTEMPT, no "..")
         parent, _, leaf = directory.rpartition("/")

@@ -15,6 +15,13 @@ and traceback; a JSON call's return value is also written to ``result.json`` the
 A request ``{"batch": [request, ...]}`` runs its calls in order and has one reply,
 ``{"batch": [reply, ...]}``: the agent sends many short Executor calls that way.
 
+A request with ``"scratch": true`` (the agent's Executor calls) runs in the worker's own
+directory, WORKDIR/.workers/PID, instead: there fds 1 and 2 always point at the spool
+files ``stdout`` and ``stderr``, emptied before each call and copied to the attempt
+directory after it only when the call wrote something. Most calls print nothing, and
+then nothing is created for them at all. The file ``current`` names the attempt
+directory of the call running, so that the agent can save its output if the worker dies.
+
 A call that hangs or must be cancelled is ended by killing this process: the agent
 then starts a fresh worker for the next call.
 """
@@ -73,7 +80,7 @@ def resolve(target: str, directory: str) -> Any:
     return obj
 
 
-_HOME = os.getcwd()  # the worker's working directory between calls
+_HOME = os.path.join(os.getcwd(), ".workers", str(os.getpid()))  # this worker's directory
 _BEFORE: dict[str, str | None] = {}  # each variable a call set: its value before any call
 _SET: dict[str, str] = {}  # what the calls set them to, as now in os.environ
 
@@ -127,6 +134,44 @@ class _Redirected:
         os.chdir(_HOME)
 
 
+class _Spool:
+    """Output of scratch calls: fds 1 and 2 on files in the worker's directory."""
+
+    def __init__(self) -> None:
+        os.makedirs(_HOME, exist_ok=True)
+        os.chdir(_HOME)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            target = os.open(name, flags, 0o666)
+            os.dup2(target, fd)
+            os.close(target)
+        self.current = os.open("current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def begin(self, directory: str, env: dict[str, str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.ftruncate(1, 0)
+        os.ftruncate(2, 0)
+        os.pwrite(self.current, os.fsencode(directory), 0)
+        _apply_env(env)
+
+    def end(self, directory: str) -> None:
+        """Copy what the call wrote (if anything) into its attempt directory."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.ftruncate(self.current, 0)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            size = os.fstat(fd).st_size
+            if size:
+                os.makedirs(directory, exist_ok=True)
+                with open(os.path.join(directory, name), "wb") as out:
+                    for offset in range(0, size, 1 << 20):
+                        out.write(os.pread(fd, min(1 << 20, size - offset), offset))
+
+
+_SPOOL: _Spool | None = None  # made by main()
+
+
 def _dumps(value: Any) -> bytes:
     try:
         import cloudpickle
@@ -140,7 +185,14 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     directory = request["dir"]
     started, wall = _cpu(), time.monotonic()
     reply: dict[str, Any] = {"ok": True}
-    with _Redirected(directory, request.get("env") or {}):
+    scratch = bool(request.get("scratch")) and _SPOOL is not None
+    if scratch:
+        assert _SPOOL is not None
+        _SPOOL.begin(directory, request.get("env") or {})
+        context: Any = contextlib.nullcontext()
+    else:
+        context = _Redirected(directory, request.get("env") or {})
+    with context:
         try:
             if "pickle" in request:
                 fn, args, kwargs = pickle.loads(base64.b64decode(request["pickle"]))
@@ -164,14 +216,18 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
                 # an exception that does not pickle: the text suffices
                 with contextlib.suppress(Exception):
                     reply["pickle"] = base64.b64encode(_dumps(exc)).decode()
+    if scratch:
+        assert _SPOOL is not None
+        _SPOOL.end(directory)
     reply["cpu"] = round(_cpu() - started, 6)
     reply["wall"] = round(time.monotonic() - wall, 6)
     return reply
 
 
 def main() -> None:
+    global _SPOOL
     channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # a stray print between calls must not corrupt the replies
+    _SPOOL = _Spool()  # fds 1 and 2 now go to its files: a stray print cannot hit replies
     for line in sys.stdin:
         if not line.strip():
             continue

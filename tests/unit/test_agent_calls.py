@@ -237,3 +237,36 @@ def test_only_executor_calls_without_timeout_links_or_outputs_are_batched() -> N
     assert not batchable(pickled_run("a", os.getpid, outputs=["*.txt"]))
     assert not batchable({"op": "run", "key": "a", "cmd": "true"})
     assert not batchable({"op": "run", "key": "a", "call": {"target": "m:f"}})
+
+
+def result_of(done: dict[str, Any]) -> Any:
+    assert done["exit"] == 0, done
+    return pickle.loads(base64.b64decode(done["pickle"]))
+
+
+def test_executor_calls_run_in_their_workers_directory_and_keep_only_output(
+        agent: AgentProc, tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    agent.send(pickled_run("where", os.getcwd))
+    home = Path(result_of(agent.expect("done", "where")))
+    assert home.parent == work / ".workers" and home.name.isdigit()
+    assert not (work / "1" / "where").exists()  # it printed nothing: no directory at all
+    agent.send(pickled_run("talk", exec, "import os; print('out'); os.write(2, b'err')"))
+    result_of(agent.expect("done", "talk"))
+    assert (work / "1" / "talk" / "1" / "stdout").read_text() == "out\n"
+    assert (work / "1" / "talk" / "1" / "stderr").read_text() == "err"
+    agent.send(pickled_run("quiet", exec, "open('scratch.txt', 'w').write('kept')"))
+    result_of(agent.expect("done", "quiet"))
+    assert not (work / "1" / "quiet").exists()  # the spool was emptied between calls
+    assert (home / "scratch.txt").read_text() == "kept"  # the worker's directory, shared
+
+
+def test_output_of_a_call_that_kills_its_worker_is_kept(agent: AgentProc, tmp_path: Path) -> None:
+    agent.send(pickled_run("where", os.getcwd))
+    home = Path(result_of(agent.expect("done", "where")))
+    agent.send(pickled_run("dies", exec, "import os, sys\nprint('last words')\n"
+                                         "sys.stdout.flush()\nos._exit(4)"))
+    done = agent.expect("done", "dies")
+    assert done["exit"] == 4 and "worker died" in done["error"]
+    assert (tmp_path / "w" / "1" / "dies" / "1" / "stdout").read_text() == "last words\n"
+    assert not home.exists()  # the dead worker's directory is gone
