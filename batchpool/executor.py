@@ -146,12 +146,12 @@ class Executor(_Executor):
         if state == "succeeded" and isinstance(packed, str):
             future.set_result(cloudpickle.loads(base64.b64decode(packed)))
             return
-        error: BaseException
-        if isinstance(packed, str):  # the exception the function raised, with its traceback
-            error = cloudpickle.loads(base64.b64decode(packed))
-        else:
-            error = RemoteCallError(f"the call {state}: {outcome.describe()}")
+        error: BaseException = RemoteCallError(f"the call {state}: {outcome.describe()}")
         text = (reply or {}).get("traceback")
+        if isinstance(packed, str) and isinstance(text, str):  # the function raised this
+            raised = cloudpickle.loads(base64.b64decode(packed))
+            if isinstance(raised, BaseException):
+                error = raised
         if isinstance(text, str):
             error.__cause__ = RemoteTraceback(text)
         future.set_exception(error)

@@ -165,6 +165,13 @@ def inline_files(directory: str, outputs: dict[str, list[str]], limit: int) -> d
         path = os.path.join(directory, name)
         try:
             size = os.path.getsize(path)
+        except FileNotFoundError:  # a log never written (an Executor call that printed
+            if name in ("stdout", "stderr"):  # nothing): empty, nothing to fetch
+                found[name] = ""
+            continue
+        except OSError:
+            continue
+        try:
             if size > limit or size > budget or not os.path.isfile(path):
                 continue
             with open(path, "rb") as handle:

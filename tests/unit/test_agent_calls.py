@@ -270,3 +270,11 @@ def test_output_of_a_call_that_kills_its_worker_is_kept(agent: AgentProc, tmp_pa
     assert done["exit"] == 4 and "worker died" in done["error"]
     assert (tmp_path / "w" / "1" / "dies" / "1" / "stdout").read_text() == "last words\n"
     assert not home.exists()  # the dead worker's directory is gone
+
+
+def test_a_silent_executor_call_reports_empty_logs_inline(agent: AgentProc,
+                                                          tmp_path: Path) -> None:
+    agent.send(pickled_run("quiet", os.getpid, inline=1000))  # as to an SSH node
+    done = agent.expect("done", "quiet")
+    assert done["files"] == {"stdout": "", "stderr": ""}  # nothing for the controller to fetch
+    assert not (tmp_path / "w" / "1" / "quiet").exists()
