@@ -50,7 +50,6 @@ RESULT_FILE = "result.json"  # where a worker leaves a call's JSON return value
 BATCH_MAX = 32  # Executor calls handed to one worker at once, at most (see Agent.pump)
 SPARE_DIR = ".spare"  # under the workdir: emptied attempt directories kept for reuse
 SPARE_MAX = 64  # spares one agent keeps; beyond them, empty attempt directories stay
-LOGS = ["stderr", "stdout"]  # what an attempt directory holds when its task left nothing
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII-safe: surrogates escaped
 
 
@@ -245,6 +244,12 @@ def parse_call(msg: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise BadMessage("run: call.args must be a list and call.kwargs an object")
     return {"target": target, "args": args, "kwargs": kwargs}
+
+
+def scratch(call: dict[str, Any], links: list[Any], outputs: list[str]) -> bool:
+    """An Executor call (pickled, no links, no outputs): it runs in its worker's own
+    directory, and gets an attempt directory only for what it prints (worker.py)."""
+    return "pickle" in call and not links and not outputs
 
 
 def batchable(msg: dict[str, Any]) -> bool:
@@ -551,7 +556,7 @@ class Agent:
             task.inline = inline
             task.timeout = timeout
             request = {"dir": directory, "env": env, **call}
-            if "pickle" in call and not links and not outputs:  # see prepare
+            if scratch(call, links, outputs):
                 task.scratch = request["scratch"] = True
             calls.append((task, request))
         return bool(calls) and self.launch_calls(calls)
@@ -574,8 +579,8 @@ class Agent:
             self.error(f"run: key {key!r} is already running; ignored", key)
             return None
         directory = self.resolve(directory)
-        if call is not None and "pickle" in call and not links and not outputs:
-            # an Executor call: its worker makes the directory, if it leaves anything
+        if call is not None and scratch(call, links, outputs):
+            # its worker makes the directory, if the call leaves anything
             return cmd, call, env, timeout, links, outputs, inline, directory
         try:
             if not self.reuse(directory):
