@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
+import signal
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from batchpool.config import local_pool
+from batchpool.devcluster import DevCluster
 from batchpool.progress import JobProgress
 from batchpool.runner import run_jobs
 from batchpool.spec import parse_spec_text
@@ -31,6 +36,38 @@ def private_home() -> Iterator[Path]:
                 os.environ.pop("BATCHPOOL_HOME", None)
             else:
                 os.environ["BATCHPOOL_HOME"] = old
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def dev_cluster(n: int, prefix: str, keep: bool = False,
+                after_down: Callable[[Path], None] | None = None,
+                ) -> Iterator[tuple[DevCluster, Path]]:
+    """A fresh n-node dev cluster in a private /tmp/PREFIX* dir: stopped however the
+    benchmark ends (SIGTERM included), then `after_down(dir)` (to kill what outlived the
+    nodes), then the dir removed unless `keep`."""
+    old = signal.signal(signal.SIGTERM, _terminate)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    cluster = DevCluster(tmp / "cluster")
+    try:
+        cluster.up(n)
+        yield cluster, tmp
+    finally:
+        try:
+            try:
+                cluster.down()
+            finally:
+                if after_down is not None:
+                    after_down(tmp)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            if keep:
+                print(f"# kept {tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def self_cpu() -> float:

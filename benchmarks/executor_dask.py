@@ -42,23 +42,21 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncssh
 import cloudpickle
+from common import dev_cluster as common_dev_cluster
 from common import private_home, report
 
 import batchpool
@@ -149,10 +147,6 @@ def check_unchanged(revision: str) -> None:
 
 # --- the dev cluster -----------------------------------------------------------------------
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @dataclass
 class Started:
     """Processes this benchmark caused on the nodes, by pid and command line: killed at
@@ -204,27 +198,12 @@ def session_processes(nodes: Sequence[DevNode]) -> list[int]:
 
 @contextlib.contextmanager
 def dev_cluster(n: int, keep: bool = False) -> Iterator[tuple[DevCluster, Path, Started]]:
-    """A fresh n-node dev cluster in a private temp dir: `down()` however the run ends
-    (SIGTERM included), then any recorded node process that outlived it is killed."""
-    old = signal.signal(signal.SIGTERM, _terminate)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-executor-dask-", dir="/tmp"))
-    cluster = DevCluster(tmp / "cluster")
+    """The benchmarks' dev cluster (common.dev_cluster); any recorded node process that
+    outlived it is killed before its dir goes."""
     started = Started()
-    try:
-        cluster.up(n)
+    with common_dev_cluster(n, "bench-executor-dask-", keep,
+                            lambda _: started.stop()) as (cluster, tmp):
         yield cluster, tmp, started
-    finally:
-        try:
-            try:
-                cluster.down()
-            finally:
-                started.stop()
-        finally:
-            signal.signal(signal.SIGTERM, old)
-            if keep:
-                print(f"# kept {tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_config(cluster: DevCluster, nodes: Sequence[DevNode], slots: int, path: Path) -> Path:

@@ -33,15 +33,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from baselines.asyncssh_baselines import Node, exec_channels, persistent_workers
+from common import dev_cluster as common_dev_cluster
 from common import report
 
 import batchpool
@@ -55,30 +54,12 @@ SPEC = ('name = "ssh-noop"\n[defaults]\nmax_attempts = 1\n'
 
 # --- the cluster -----------------------------------------------------------------------
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def dev_cluster(n: int, prefix: str, keep: bool = False) -> Iterator[tuple[DevCluster, Path]]:
-    """A fresh n-node dev cluster in a private temp dir: stopped (and the dir removed,
-    unless `keep`) however the benchmark ends, SIGTERM included."""
-    old = signal.signal(signal.SIGTERM, _terminate)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    cluster = DevCluster(tmp / "cluster")
-    try:
-        cluster.up(n)
-        yield cluster, tmp
-    finally:
-        try:
-            cluster.down()
-            stop_stragglers(tmp)
-        finally:
-            signal.signal(signal.SIGTERM, old)
-            if keep:
-                print(f"# kept {tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+    """The benchmarks' dev cluster (common.dev_cluster); node processes that outlive it
+    are stopped before its dir goes."""
+    with common_dev_cluster(n, prefix, keep, stop_stragglers) as cluster_and_dir:
+        yield cluster_and_dir
 
 
 def node_processes(tmp: Path, cluster: DevCluster | None = None) -> list[int]:

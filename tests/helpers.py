@@ -60,14 +60,15 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30) -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 30,
+             what: str = "condition") -> None:
     """Poll `condition` until it is true; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"{what}: not met within {timeout:g}s")
 
 
 def stop(process: subprocess.Popen[str]) -> None:

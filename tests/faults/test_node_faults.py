@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
+from helpers import Batchpool, wait_for, write
 
 from batchpool.store import Store
 from faults.conftest import FaultCluster, comm, wait_dead
@@ -25,16 +25,6 @@ from faults.conftest import FaultCluster, comm, wait_dead
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 TASKS = 30
-
-
-def _wait_for(condition: Callable[[], object], timeout: float = 30,
-              what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not met within {timeout:g}s")
 
 
 def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -95,7 +85,7 @@ def _run_with_fault(bp: Batchpool, faulty: FaultCluster, tmp_path: Path,
                    "--retry-backoff", "0.1")
     out = err = ""
     try:
-        _wait_for(lambda: sum(1 for line in _lines(log) if line[0] == "end") >= 8,
+        wait_for(lambda: sum(1 for line in _lines(log) if line[0] == "end") >= 8,
                   timeout=60, what="8 tasks done")
         victim, in_flight = inject(faulty)
         assert in_flight, "the faulty node was running no task when the fault hit"
@@ -186,10 +176,10 @@ command = "d=$(cat {duration}); echo {{index}} >> {runs}; sleep $d & echo $! $d 
     run = bp.spawn("run", str(spec), "--pool", "dev", "--config", str(config),
                    "--retry-backoff", "0.1")
     try:
-        _wait_for(lambda: store.path.exists() and len(store.tasks(1, ("succeeded",))) >= 6,
+        wait_for(lambda: store.path.exists() and len(store.tasks(1, ("succeeded",))) >= 6,
                   timeout=60, what="6 tasks succeeded")
         duration.write_text("60\n")  # from now on tasks run long: they are in flight
-        _wait_for(lambda: len(_long_sleeps(sleeps)) >= 3,
+        wait_for(lambda: len(_long_sleeps(sleeps)) >= 3,
                   timeout=30, what="3 long tasks running")
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
@@ -205,7 +195,7 @@ command = "d=$(cat {duration}); echo {{index}} >> {runs}; sleep $d & echo $! $d 
     # the agents and their SSH sessions are gone too: only the sshd listeners remain
     leftovers = {node.address: [(p, comm(p)) for p in faulty.tree(node)[1:]]
                  for node in faulty.nodes}
-    _wait_for(lambda: all(len(faulty.tree(n)) == 1 for n in faulty.nodes), timeout=5,
+    wait_for(lambda: all(len(faulty.tree(n)) == 1 for n in faulty.nodes), timeout=5,
               what=f"node agents and sessions gone (were {leftovers})")
 
     before = bp.json("job", "show", "1")

@@ -16,11 +16,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
+from helpers import Batchpool, wait_for, write
 
 from batchpool.devcluster import DevCluster, DevNode, node_dir_name, pid_alive, to_toml
 from batchpool.store import Store
@@ -84,19 +84,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    return pid_alive(pid)
-
-
-def _wait_for(condition: Callable[[], object], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _processes_under(root: Path) -> list[int]:
@@ -386,4 +373,4 @@ command = "sleep 300 & echo $! > {pidfile}; wait"
     report = bp.json("job", "show", "1")
     assert report["failures"][0]["reason"].startswith("timed out"), report
     child = int(pidfile.read_text())
-    _wait_for(lambda: not _alive(child), timeout=5)
+    wait_for(lambda: not pid_alive(child), timeout=5)
