@@ -31,10 +31,17 @@ def test_npb_ep_class_s_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
 def test_npb_ep_call_form_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
                                                dev_cluster: DevCluster) -> None:
     shutil.copy(ROOT / "jobs/npb-ep/ep.py", tmp_path)
+    # A class S shard takes milliseconds: one node can run all four before the others have
+    # joined. A wrapper that makes each take 0.5 s, one slot per node, spreads them.
+    write(tmp_path / "slow_ep.py", "import time\nfrom ep import *  # noqa\n\n"
+          "def shard(*args):\n    time.sleep(0.5)\n    import ep\n    return ep.shard(*args)\n")
     text = (ROOT / "jobs/npb-ep/call-a.toml").read_text()  # class S in 4 shards, else as is
     spec = write(tmp_path / "call-s.toml", text.replace('"A", "{index}", 32', '"S", "{index}", 4')
-                 .replace('array = "0-31"', 'array = "0-3"'))
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+                 .replace('array = "0-31"', 'array = "0-3"')
+                 .replace('call = "ep:shard"', 'call = "slow_ep:shard"')
+                 .replace('files = ["ep.py"]', 'files = ["ep.py", "slow_ep.py"]'))
+    assert "slow_ep:shard" in spec.read_text() and "slow_ep.py" in spec.read_text()
+    _check(_run(bp, spec, _config(dev_cluster, tmp_path, slots_per_node=1)))
     logs = bp("job", "logs", "1", "verify").stdout
     assert re.search(r"Verification\s+=\s+SUCCESSFUL", logs), logs
     results = {a.task_id: a for a in Store(bp.home / "batchpool.db").attempts(1)
