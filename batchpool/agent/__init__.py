@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from batchpool.agent.launch import (
     BOOTSTRAP,
-    GRACE,
-    PROTOCOL_VERSION,
     agent_source,
     bootstrap_command,
     bootstrap_payload,
@@ -18,8 +16,6 @@ from batchpool.agent.launch import (
 
 __all__ = [
     "BOOTSTRAP",
-    "GRACE",
-    "PROTOCOL_VERSION",
     "agent_source",
     "bootstrap_command",
     "bootstrap_payload",

@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from batchpool.agent.agent import GRACE, PROTOCOL_VERSION
 from batchpool.errors import ProtocolError
 
 __all__ = [
     "AGENT_NAME",
     "AGENT_SOURCE",  # noqa: F822 (module __getattr__, read lazily)
     "BOOTSTRAP",
-    "GRACE",
-    "PROTOCOL_VERSION",
+    "GRACE",  # noqa: F822
+    "PROTOCOL_VERSION",  # noqa: F822
     "agent_source",
     "bootstrap_command",
     "bootstrap_payload",
@@ -59,10 +58,16 @@ def worker_source() -> str:
     return resources.files("batchpool.agent").joinpath("worker.py").read_text()
 
 
-def __getattr__(name: str) -> bytes:
-    # AGENT_SOURCE is computed on first access so that importing this module does no I/O.
+def __getattr__(name: str) -> Any:
+    # AGENT_SOURCE is computed on first access so that importing this module does no I/O;
+    # the agent's constants are read from it on first access, as importing it costs
+    # 10 ms that `batchpool run` would pay before it can start its agent.
     if name == "AGENT_SOURCE":
         return agent_source()
+    if name in ("GRACE", "PROTOCOL_VERSION"):
+        from batchpool.agent import agent
+
+        return getattr(agent, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

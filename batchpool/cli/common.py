@@ -6,14 +6,17 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from batchpool import defaults, paths
 from batchpool.errors import BatchpoolError, LocatedError
-from batchpool.store import Store
+
+if TYPE_CHECKING:  # imported where used: `batchpool run` starts its agent before them
+    from rich.console import Console
+
+    from batchpool.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,10 +59,14 @@ def handle_errors(command: F) -> F:
 
 
 def open_store() -> Store:
+    from batchpool.store import Store
+
     return Store(paths.store_path())
 
 
 def console() -> Console:
+    from rich.console import Console
+
     return Console()
 
 

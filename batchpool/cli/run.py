@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,14 +18,10 @@ from batchpool.cli.common import (
     open_store,
     retry_backoff_option,
 )
-from batchpool.config import PoolConfig, load_config
-from batchpool.controller import owner_id
-from batchpool.display import LiveDisplay, counts_table
-from batchpool.reports import job_report
-from batchpool.runner import check_pool, run_jobs
-from batchpool.scheduler import RetryPolicy
-from batchpool.spec import load_spec
-from batchpool.store import Store
+
+if TYPE_CHECKING:
+    from batchpool.config import PoolConfig
+    from batchpool.store import Store
 
 
 @click.command()
@@ -43,9 +39,22 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
     2 if the spec or the config is invalid (nothing runs then). Ctrl-C cancels the
     job; `batchpool job resume ID` continues a job whose run was killed.
     """
+    if pool in (None, "local"):  # its interpreter starts while this one imports the rest
+        from batchpool.pool.local import start_agent_early
+
+        start_agent_early()
+    from batchpool.config import load_config
+    from batchpool.controller import owner_id
+    from batchpool.runner import check_pool
+    from batchpool.spec import load_spec
+
     config = load_config(config_file)
     job_spec = load_spec(spec)
     pool_config = config.pool(pool or job_spec.pool)
+    if pool_config.provider != "local":
+        from batchpool.pool.local import stop_early_agents
+
+        stop_early_agents()
     check_pool(pool_config)  # a pool that cannot work is refused before the job is recorded
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),
@@ -57,6 +66,13 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
 def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: bool,
                    retry_backoff: float) -> int:
     """Run a claimed job in the foreground, print its summary; returns the exit status."""
+    import asyncio
+
+    from batchpool.display import LiveDisplay, counts_table
+    from batchpool.reports import job_report
+    from batchpool.runner import run_jobs
+    from batchpool.scheduler import RetryPolicy
+
     results = asyncio.run(run_jobs(store, pool_config, [job_id],
                                    display=None if as_json else LiveDisplay,
                                    retry_policy=RetryPolicy(base=retry_backoff)))

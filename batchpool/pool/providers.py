@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchpool import defaults, paths
+from batchpool import defaults
 from batchpool.config import PoolConfig
 from batchpool.errors import ConfigError
+from batchpool.pool.local import local_settings
 from batchpool.pool.session import NodeSettings
 from batchpool.transport.base import NodeAddress, Transport
 from batchpool.transport.local import LocalTransport
@@ -28,10 +29,7 @@ def plan_pool(pool: PoolConfig) -> tuple[Transport, list[NodePlan]]:
     """The transport and the nodes of `pool`."""
     slots = None if pool.slots_per_node == "auto" else int(pool.slots_per_node)
     if pool.provider == "local":
-        root = paths.work_root()
-        settings = NodeSettings(python=_local_python(pool), workdir=str(root), slots=slots,
-                                start_task=pool.start_task,
-                                heartbeat=defaults.HEARTBEAT_INTERVAL, local_results=root)
+        settings = local_settings(pool.python, slots, pool.start_task)
         return LocalTransport(), [NodePlan(NodeAddress("local"), settings)]
     if pool.provider == "static":
         from batchpool.transport.ssh import SshOptions, SshTransport
@@ -73,8 +71,3 @@ def safe_name(name: str) -> str:
 def _path(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
-
-def _local_python(pool: PoolConfig) -> str:
-    import sys
-
-    return sys.executable if pool.python == defaults.NODE_PYTHON else pool.python

@@ -47,6 +47,11 @@ class NodeSettings:
     local_results: Path | None   # the node's workdir IS this local dir (local pool)
 
 
+def agent_command(settings: NodeSettings) -> str:
+    """The command line that starts a node's agent."""
+    return bootstrap_command(settings.python, settings.workdir, settings.heartbeat)
+
+
 class NodeSession:
     """A node from connect to close."""
 
@@ -90,9 +95,8 @@ class NodeSession:
         self.move(NodeState.CONNECTING)
         try:
             self._connection = await self._transport.connect(self.address, connect_timeout)
-            stream = await self._connection.start_agent(bootstrap_command(
-                self.settings.python, self.settings.workdir, self.settings.heartbeat))
-            stream.write(bootstrap_payload())
+            stream = await self._connection.start_agent(agent_command(self.settings),
+                                                        bootstrap_payload())
             await stream.drain()
             hello = await asyncio.wait_for(self._first_message(stream), connect_timeout)
         except (BatchpoolError, OSError, TimeoutError) as exc:

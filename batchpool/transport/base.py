@@ -69,8 +69,9 @@ class Connection(ABC):
         """Copy a file from the node to `local`, creating parent directories."""
 
     @abstractmethod
-    async def start_agent(self, command: str) -> AgentStream:
-        """Run `command` (which starts the agent) with stdin/stdout as the message stream."""
+    async def start_agent(self, command: str, payload: bytes = b"") -> AgentStream:
+        """Run `command` (which starts the agent) with stdin/stdout as the message stream,
+        and write `payload` (the agent's bootstrap) to it first."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -7,22 +7,73 @@ source sent over stdin), so the local pool exercises the real agent path.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import logging
 import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from batchpool.errors import TransportError
 from batchpool.transport.base import AgentStream, CommandResult, Connection, NodeAddress, Transport
 
+log = logging.getLogger(__name__)
+
+LINE_LIMIT = 2**24   # longest line read from an agent (a done message with inline output)
+
+#: Agents started before the event loop (`start_agent_early`), by (command, payload).
+_early: dict[tuple[str, bytes], subprocess.Popen[bytes]] = {}
+
+
+def start_agent_early(command: str, payload: bytes) -> None:
+    """Start a local agent now, while this process still has imports to do.
+
+    An agent's interpreter takes about 60 ms to start and compile the agent; started
+    here, that happens on another core during `batchpool run`'s own start-up. The first
+    `start_agent` with the same command and payload takes it over; one never taken over
+    is told to stop (its stdin closed) when this process exits.
+    """
+    if (command, payload) in _early:
+        return
+    process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(payload)
+        process.stdin.flush()
+    except OSError:  # it died at once: start_agent will start one the usual way
+        _stop(process)
+        return
+    if not _early:
+        atexit.register(stop_early_agents)
+    _early[(command, payload)] = process
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def stop_early_agents() -> None:
+    """Stop the agents started early that no connection took over."""
+    while _early:
+        _stop(_early.popitem()[1])
+
 
 class _ProcessStream:
     """An AgentStream over a child process's stdin/stdout."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self._process = process
-        assert process.stdin is not None and process.stdout is not None
-        self._stdin = process.stdin
-        self._stdout = process.stdout
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._stdin = writer
+        self._stdout = reader
 
     async def readline(self) -> bytes:
         try:
@@ -49,11 +100,23 @@ class _ProcessStream:
             self._stdin.close()
 
 
+async def _adopt(process: subprocess.Popen[bytes]) -> _ProcessStream:
+    """Streams on the event loop over an agent started by `start_agent_early`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                 process.stdout)
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop),
+        process.stdin)
+    return _ProcessStream(reader, asyncio.StreamWriter(transport, protocol, None, loop))
+
+
 class LocalConnection(Connection):
     """This machine, as a node."""
 
     def __init__(self) -> None:
-        self._processes: list[asyncio.subprocess.Process] = []
+        self._agents: list[tuple[_ProcessStream, Callable[[float], Awaitable[None]]]] = []
 
     async def run(self, command: str, timeout: float | None = None) -> CommandResult:
         process = await asyncio.create_subprocess_shell(
@@ -74,24 +137,48 @@ class LocalConnection(Connection):
     async def get(self, remote: str, local: Path) -> None:
         await asyncio.to_thread(_copy, Path(remote), local)
 
-    async def start_agent(self, command: str) -> AgentStream:
+    async def start_agent(self, command: str, payload: bytes = b"") -> AgentStream:
+        early = _early.pop((command, payload), None)
+        if early is not None and early.poll() is None:
+            log.debug("taking over the agent started early (pid %d)", early.pid)
+            stream = await _adopt(early)
+            self._agents.append((stream, lambda timeout: _wait_popen(early, timeout)))
+            return stream
+        if early is not None:  # it died before we got to it: start another
+            await asyncio.to_thread(_stop, early)
         process = await asyncio.create_subprocess_shell(
             command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=2**24)
-        self._processes.append(process)
-        return _ProcessStream(process)
+            limit=LINE_LIMIT)
+        assert process.stdin is not None and process.stdout is not None
+        stream = _ProcessStream(process.stdout, process.stdin)
+        self._agents.append((stream, lambda timeout: _wait_process(process, timeout)))
+        if payload:
+            stream.write(payload)
+        return stream
 
     async def close(self) -> None:
-        for process in self._processes:
-            if process.stdin is not None and not process.stdin.is_closing():
-                process.stdin.close()
-        for process in self._processes:
-            try:
-                await asyncio.wait_for(process.wait(), 5.0)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        self._processes.clear()
+        for stream, _ in self._agents:
+            stream.close()
+        for _, wait in self._agents:
+            await wait(5.0)
+        self._agents.clear()
+
+
+async def _wait_process(process: asyncio.subprocess.Process, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def _wait_popen(process: subprocess.Popen[bytes], timeout: float) -> None:
+    # its pipes belong to the event loop's transports now: wait, and kill if need be
+    try:
+        await asyncio.to_thread(process.wait, timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait)
 
 
 class LocalTransport(Transport):

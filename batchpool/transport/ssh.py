@@ -400,7 +400,7 @@ class SshConnection(Connection):
             raise TransportError(f"cannot copy {self._where()}:{remote} to {local}: "
                                  f"{_reason(exc)}") from exc
 
-    async def start_agent(self, command: str) -> _AgentStream:
+    async def start_agent(self, command: str, payload: bytes = b"") -> _AgentStream:
         self._check_open()
         try:
             process = await self._conn.create_process(command, encoding=None)
@@ -409,6 +409,8 @@ class SshConnection(Connection):
                                  f"{exc}") from exc
         stream = _AgentStream(process)
         self._agents.append(stream)
+        if payload:
+            stream.write(payload)
         return stream
 
     async def close(self) -> None:

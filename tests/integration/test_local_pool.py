@@ -264,3 +264,31 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHPOOL_RETRY_BACKOFF", "0.1")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_run_takes_over_the_agent_it_started_before_loading_the_job(
+        bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "job.toml", 'name = "one"\n[[tasks]]\nid = "t"\ncommand = "true"\n')
+    result = bp("-vv", "run", str(spec), check=True)
+    assert "taking over the agent started early" in result.stderr, result.stderr
+    assert result.stderr.count("taking over") == 1
+
+
+def test_a_bad_spec_leaves_no_agent_behind(bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "job.toml", 'name = "bad"\n[[tasks]]\nid = "t"\ncomand = "true"\n')
+    result = bp("run", str(spec))
+    assert result.returncode == 2 and "comand" in result.stderr
+    # the early agent's command line names its workdir, under this test's BATCHPOOL_HOME
+    wait_for(lambda: not _processes_mentioning(str(bp.home)), 5, "the early agent to end")
