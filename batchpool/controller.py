@@ -272,7 +272,9 @@ class Controller:
             self._spawn(self._bring_up(node))
 
     async def _bring_up(self, node: NodeSession) -> None:
-        await node.start(self.connect_timeout)
+        calls = bool(self._call_sources) or any(
+            group.call for run in self.jobs.values() for group in run.spec.tasks)
+        await node.start(self.connect_timeout, calls)
         if node.ready:
             self.scheduler.add_node(node.name, node.slots * self._prefetch)
         else:  # its tasks pinned to it (on_every_node) fail; the rest run elsewhere

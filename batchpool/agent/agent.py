@@ -268,7 +268,9 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", source], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             cwd=agent.workdir, close_fds=True, start_new_session=True)
-        self.calls: queue.SimpleQueue[list[tuple[Task, dict[str, Any]]]] = queue.SimpleQueue()
+        # batches of calls; None stops the worker (see Agent.warm)
+        self.calls: queue.SimpleQueue[list[tuple[Task, dict[str, Any]]] | None] = \
+            queue.SimpleQueue()
         threading.Thread(target=agent.guard, args=(self.serve,), name="worker",
                          daemon=True).start()
 
@@ -296,6 +298,11 @@ class Worker:
         assert stdin is not None and stdout is not None
         while True:
             calls = self.calls.get()
+            if calls is None:  # no longer wanted: end of input ends it
+                stdin.close()
+                self.proc.wait()
+                shutil.rmtree(self.home, ignore_errors=True)
+                return
             requests = [request for _, request in calls]
             replies: list[dict[str, Any]] | None = None
             try:
@@ -480,6 +487,12 @@ class Agent:
                 self.error("worker: source must be a non-empty string")
                 return
             self.worker_source = source
+            warm = msg.get("warm")
+            if warm is not None:
+                if not isinstance(warm, int) or isinstance(warm, bool) or warm < 0:
+                    self.error("worker: warm must be an integer >= 0")
+                    return
+                self.warm(warm)
         elif op == "kill":
             key = msg.get("key")
             if not isinstance(key, str):
@@ -642,6 +655,27 @@ class Agent:
         if timeout is not None:
             self.schedule(start + timeout, _TIMEOUT, task)
         return True
+
+    def warm(self, n: int) -> None:
+        """Keep `n` idle workers started ahead of the calls (stopping any beyond), so that
+        the first calls find an interpreter up instead of waiting for one to start."""
+        assert self.worker_source is not None
+        with self.lock:
+            surplus = self.idle_workers[n:]
+            del self.idle_workers[n:]
+            self.workers.difference_update(surplus)
+            missing = n - len(self.idle_workers)
+        for worker in surplus:
+            worker.calls.put(None)
+        for _ in range(missing):
+            try:
+                worker = Worker(self, self.worker_source)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                self.error(f"cannot start a worker: {exc}")
+                return
+            with self.lock:
+                self.workers.add(worker)
+                self.idle_workers.append(worker)
 
     def launch_calls(self, calls: list[tuple[Task, dict[str, Any]]]) -> bool:
         """Hand calls to an idle warm worker, starting one if none is free."""

@@ -6,10 +6,11 @@ agent started early is started with exactly the command the session will ask for
 
 from __future__ import annotations
 
+import os
 import sys
 
 from batchpool import defaults, paths
-from batchpool.agent.launch import bootstrap_payload
+from batchpool.agent.launch import bootstrap_payload, encode, worker_source
 from batchpool.pool.session import NodeSettings, agent_command
 from batchpool.transport import local
 
@@ -26,10 +27,18 @@ def local_settings(python: str = defaults.NODE_PYTHON, slots: int | None = None,
 def start_agent_early() -> None:
     """Start the default local pool's agent now, before the controller is imported.
 
-    Costs nothing if the pool turns out to be another one (see `stop_early_agents`),
-    and saves `batchpool run` the agent's start-up (~60 ms) when it is the local pool.
+    It also starts a warm worker per core at once: the job is not loaded yet, but if it
+    has Python calls their interpreters are then up before the first call (the session
+    tells the agent how many to keep, none for a job without calls). This saves
+    `batchpool run` the agent's start-up (~60 ms) and a worker's (~45 ms) when the pool
+    is `local`; costs nothing if it turns out to be another one (`stop_early_agents`).
     """
-    local.start_agent_early(agent_command(local_settings()), bootstrap_payload())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    local.start_agent_early(agent_command(local_settings()), bootstrap_payload(),
+                            encode({"op": "worker", "source": worker_source(), "warm": cores}))
 
 
 def stop_early_agents() -> None:

@@ -90,8 +90,12 @@ class NodeSession:
     def ready(self) -> bool:
         return self.state in READY
 
-    async def start(self, connect_timeout: float) -> None:
-        """Connect, start the agent, run the start task; ends READY or UNUSABLE."""
+    async def start(self, connect_timeout: float, calls: bool = False) -> None:
+        """Connect, start the agent, run the start task; ends READY or UNUSABLE.
+
+        `calls`: Python calls are expected, so the agent starts a warm worker per slot
+        now (else it stops any it was asked to start ahead: see pool/local.py).
+        """
         self.move(NodeState.CONNECTING)
         try:
             self._connection = await self._transport.connect(self.address, connect_timeout)
@@ -112,7 +116,8 @@ class NodeSession:
         self._reader = asyncio.create_task(self._read_loop(), name=f"read-{self.name}")
         # the agent runs at most `slots` tasks at once; more may be sent ahead (prefetch)
         self.send({"op": "slots", "n": self.slots})
-        self.send({"op": "worker", "source": worker_source()})  # for Python calls
+        self.send({"op": "worker", "source": worker_source(),  # for Python calls
+                   "warm": self.slots if calls else 0})
         if self.settings.start_task:
             self.move(NodeState.STARTING)
             if not await self._run_start_task(self.settings.start_task):

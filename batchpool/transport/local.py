@@ -26,13 +26,14 @@ LINE_LIMIT = 2**24   # longest line read from an agent (a done message with inli
 _early: dict[tuple[str, bytes], subprocess.Popen[bytes]] = {}
 
 
-def start_agent_early(command: str, payload: bytes) -> None:
+def start_agent_early(command: str, payload: bytes, ahead: bytes = b"") -> None:
     """Start a local agent now, while this process still has imports to do.
 
     An agent's interpreter takes about 60 ms to start and compile the agent; started
     here, that happens on another core during `batchpool run`'s own start-up. The first
     `start_agent` with the same command and payload takes it over; one never taken over
-    is told to stop (its stdin closed) when this process exits.
+    is told to stop (its stdin closed) when this process exits. `ahead` is written after
+    the payload: messages that get the agent ready before anyone talks to it.
     """
     if (command, payload) in _early:
         return
@@ -40,7 +41,7 @@ def start_agent_early(command: str, payload: bytes) -> None:
                                stdout=subprocess.PIPE)
     assert process.stdin is not None
     try:
-        process.stdin.write(payload)
+        process.stdin.write(payload + ahead)
         process.stdin.flush()
     except OSError:  # it died at once: start_agent will start one the usual way
         _stop(process)

@@ -292,3 +292,17 @@ def test_a_bad_spec_leaves_no_agent_behind(bp: Batchpool, tmp_path: Path) -> Non
     assert result.returncode == 2 and "comand" in result.stderr
     # the early agent's command line names its workdir, under this test's BATCHPOOL_HOME
     wait_for(lambda: not _processes_mentioning(str(bp.home)), 5, "the early agent to end")
+
+
+def test_a_job_without_calls_keeps_no_warm_workers(bp: Batchpool, tmp_path: Path) -> None:
+    # `batchpool run` starts workers with its early agent, before it knows the job;
+    # the session then tells the agent this job needs none.
+    workers = bp.home / "work" / ".workers"
+    spec = write(tmp_path / "job.toml", f"""
+name = "no-calls"
+[[tasks]]
+id = "look"
+command = "sleep 1; ls {workers} 2>/dev/null | wc -l"
+""")
+    bp("run", str(spec), check=True)
+    assert bp("job", "logs", "1", "look", "--stdout", check=True).stdout.strip() == "0"

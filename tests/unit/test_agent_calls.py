@@ -278,3 +278,33 @@ def test_a_silent_executor_call_reports_empty_logs_inline(agent: AgentProc,
     done = agent.expect("done", "quiet")
     assert done["files"] == {"stdout": "", "stderr": ""}  # nothing for the controller to fetch
     assert not (tmp_path / "w" / "1" / "quiet").exists()
+
+
+def _worker_dirs(agent: AgentProc) -> set[int]:
+    root = agent.workdir / ".workers"
+    return {int(p.name) for p in root.iterdir()} if root.is_dir() else set()
+
+
+def test_warm_starts_idle_workers_ahead_and_calls_use_them(agent: AgentProc,
+                                                          tmp_path: Path) -> None:
+    agent.send({"op": "worker", "source": worker_source(), "warm": 2})
+    assert wait_until(lambda: len(_worker_dirs(agent)) == 2, 10), "two warm workers"
+    warm = _worker_dirs(agent)
+    pids = {json.loads(call(agent, key, "mod:count", tmp_path, 1)["result"])["pid"]
+            for key in ("a", "b")}
+    assert pids <= warm  # no interpreter was started for the calls
+    assert _worker_dirs(agent) == warm
+
+
+def test_warm_zero_stops_the_idle_workers(agent: AgentProc) -> None:
+    agent.send({"op": "worker", "source": worker_source(), "warm": 2})
+    assert wait_until(lambda: len(_worker_dirs(agent)) == 2, 10), "two warm workers"
+    pids = _worker_dirs(agent)
+    agent.send({"op": "worker", "source": worker_source(), "warm": 0})
+    assert wait_until(lambda: not _worker_dirs(agent), 10), "the warm workers to go"
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), 10), "the warm workers to exit"
+
+
+def test_bad_warm_count_is_an_error(agent: AgentProc) -> None:
+    agent.send({"op": "worker", "source": worker_source(), "warm": -1})
+    assert "warm" in agent.expect("error")["error"]
