@@ -8,15 +8,15 @@ problems, the one nearest the top of the file is reported.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from batchpool.errors import SpecError
@@ -24,25 +24,35 @@ from batchpool.spec.locate import FieldPath, LineMap, format_path, line_for, tom
 from batchpool.spec.model import NOT_DEFAULTABLE, DefaultsSpec, JobSpec, MpiSpec, TaskGroupSpec
 from batchpool.spec.shards import match_files, npy_rows
 
+if TYPE_CHECKING:
+    import yaml
+
 SpecFormat = Literal["toml", "yaml", "json"]
 FORMATS: dict[str, SpecFormat] = {
     ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json",
 }
 
 
-class _SpecLoader(yaml.SafeLoader):
+@functools.cache
+def _spec_loader() -> type[yaml.SafeLoader]:
     """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``2e6`` is 2000000.0).
 
     YAML 1.1 reads ``2e6`` as the *string* "2e6", which would reach a task's kwargs
-    silently; JSON files (read as YAML) need this too.
+    silently; JSON files (read as YAML) need this too. Built on first use: PyYAML is
+    imported only for YAML and JSON specs (10 ms off every `batchpool run` of a TOML one).
     """
+    import yaml
 
+    class SpecLoader(yaml.SafeLoader):
+        pass
 
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+    SpecLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return SpecLoader
+
 
 _TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column \d+|end of document)\)\s*$")
 
@@ -117,7 +127,9 @@ def _parse_yaml(
     if fmt == "json":
         # YAML refuses tabs as indentation; in valid JSON a tab can only be whitespace.
         text = text.replace("\t", " ")
-    loader = _SpecLoader(text)
+    import yaml
+
+    loader = _spec_loader()(text)
     try:
         node = loader.get_single_node()
         # Walk before constructing: construction flattens merge keys (<<) in place.

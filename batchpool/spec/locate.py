@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import tomllib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 PathKey = str | int
 FieldPath = tuple[PathKey, ...]
@@ -53,6 +55,8 @@ def yaml_lines(node: yaml.Node | None) -> tuple[LineMap, list[tuple[FieldPath, i
     A duplicate is ``(path, line, first_line)``; PyYAML itself silently keeps the last one.
     A key's line is where the key is written; a list item's is where the item starts.
     """
+    import yaml  # here, not at the top: TOML specs do without PyYAML
+
     lines: LineMap = {}
     duplicates: list[tuple[FieldPath, int, int]] = []
     if node is None:
