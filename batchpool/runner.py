@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from batchpool.config import PoolConfig, config_error
 from batchpool.controller import Controller, owner_id
-from batchpool.display import LiveDisplay
 from batchpool.errors import BatchpoolError, ConfigError
 from batchpool.pool.providers import parse_host, plan_pool
 from batchpool.progress import JobProgress
@@ -17,9 +17,16 @@ from batchpool.scheduler import RetryPolicy
 from batchpool.spec.locate import FieldPath
 from batchpool.store import Store
 
+if TYPE_CHECKING:
+    from batchpool.display import LiveDisplay
+
 log = logging.getLogger(__name__)
 
-DisplayFactory = Callable[[JobProgress], LiveDisplay | None]
+#: The live display starts this long after the run (the controller starts first): on a
+#: terminal nobody sees the difference, and the job's first tasks do not wait for rich.
+DISPLAY_AFTER = 0.2
+
+DisplayFactory = Callable[[JobProgress], "LiveDisplay | None"]
 
 
 def check_pool(pool: PoolConfig) -> None:
@@ -85,24 +92,32 @@ async def _run(controller: Controller, job_ids: list[int],
         loop.add_signal_handler(signum, interrupted)
     run = asyncio.create_task(controller.run(job_ids))
     displays: list[LiveDisplay] = []
+    started = False
+
+    def start_displays() -> None:
+        nonlocal started
+        started = True
+        for progress in (r.progress for r in controller.jobs.values()):
+            shown = display(progress) if display is not None else None
+            if shown is not None:
+                shown.start()
+                displays.append(shown)
+
     try:
-        while not controller.jobs and not run.done():
-            await asyncio.sleep(0.01)
-        if display is not None:
-            for progress in (r.progress for r in controller.jobs.values()):
-                shown = display(progress)
-                if shown is not None:
-                    shown.start()
-                    displays.append(shown)
+        await asyncio.wait([run], timeout=DISPLAY_AFTER)
         while not run.done():
-            await asyncio.wait([run], timeout=0.2)
+            if not started and controller.jobs:
+                start_displays()
             for shown in displays:
                 shown.refresh()
+            await asyncio.wait([run], timeout=0.2)
         return run.result()
     finally:
         if not run.done():
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
+        if not started:  # a run shorter than DISPLAY_AFTER: its last state is still shown
+            start_displays()
         for shown in displays:
             shown.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,8 @@ from batchpool.cli.common import (
 
 if TYPE_CHECKING:
     from batchpool.config import PoolConfig
+    from batchpool.display import LiveDisplay
+    from batchpool.progress import JobProgress
     from batchpool.store import Store
 
 
@@ -68,19 +70,20 @@ def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: 
     """Run a claimed job in the foreground, print its summary; returns the exit status."""
     import asyncio
 
-    from batchpool.display import LiveDisplay, counts_table
     from batchpool.reports import job_report
     from batchpool.runner import run_jobs
     from batchpool.scheduler import RetryPolicy
 
     results = asyncio.run(run_jobs(store, pool_config, [job_id],
-                                   display=None if as_json else LiveDisplay,
+                                   display=None if as_json else _live_display,
                                    retry_policy=RetryPolicy(base=retry_backoff)))
     progress = results[job_id]
     report = job_report(store, job_id)
     if as_json:
         emit_json(report)
     else:
+        from batchpool.display import counts_table
+
         out = console()
         out.print(counts_table(f"job {job_id} {progress.name}: {progress.state}"
                                + (f" ({progress.reason})" if progress.reason else ""),
@@ -89,3 +92,9 @@ def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: 
             out.print(f"[red]failed[/red] {failure['task']}: {failure['reason']}"
                       f"  (logs: batchpool job logs {job_id} '{failure['task']}')")
     return 0 if progress.state == "succeeded" else EXIT_FAILED
+
+
+def _live_display(progress: JobProgress) -> LiveDisplay:
+    from batchpool.display import LiveDisplay  # rich: imported once the tasks are going
+
+    return LiveDisplay(progress)

@@ -306,3 +306,15 @@ command = "sleep 1; ls {workers} 2>/dev/null | wc -l"
 """)
     bp("run", str(spec), check=True)
     assert bp("job", "logs", "1", "look", "--stdout", check=True).stdout.strip() == "0"
+
+
+def test_plain_progress_shows_running_tasks_while_the_job_runs(bp: Batchpool,
+                                                               tmp_path: Path) -> None:
+    # the display starts shortly after the run (runner.DISPLAY_AFTER), then a line per
+    # interval, and the final state when the job ends
+    spec = write(tmp_path / "job.toml", 'name = "slow"\n[[tasks]]\nid = "a"\n'
+                                        'command = "sleep 1"\n')
+    lines = bp("run", str(spec), check=True).stderr.splitlines()
+    progress = [line for line in lines if line.startswith("job 1 slow:")]
+    assert "0/1 done, 0 succeeded, 0 failed, 1 running, 0 queued" in progress[0], lines
+    assert "1/1 done, 1 succeeded" in progress[-1], lines
