@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,8 +273,10 @@ class Controller:
             self._spawn(self._bring_up(node))
 
     async def _bring_up(self, node: NodeSession) -> None:
-        calls = bool(self._call_sources) or any(
-            group.call for run in self.jobs.values() for group in run.spec.tasks)
+        calls = sum(group.size for run in self.jobs.values() for group in run.spec.tasks
+                    if group.call)
+        if self._call_sources:  # an Executor: any number of calls may come
+            calls = sys.maxsize
         await node.start(self.connect_timeout, calls)
         if node.ready:
             self.scheduler.add_node(node.name, node.slots * self._prefetch)

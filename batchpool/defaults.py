@@ -48,6 +48,10 @@ NODE_PYTHON = "python3"
 PREFETCH_AHEAD = 0.05
 PREFETCH_MAX = 64
 
+#: Warm workers `batchpool run` asks its early local agent for, before it knows whether
+#: the job has Python calls (one per core, at most this many; see pool/local.py).
+EARLY_WARM_WORKERS = 4
+
 #: An agent sends an attempt's stdout, stderr and output files of at most this many
 #: bytes (each) back in its `done` message, instead of the controller fetching each
 #: over SFTP; bigger ones are fetched.

@@ -116,12 +116,12 @@ async def _run(controller: Controller, job_ids: list[int],
         if not run.done():
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-        if not started:  # a run shorter than DISPLAY_AFTER: its last state is still shown
-            start_displays()
-        for shown in displays:
-            shown.stop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if not started and not run.cancelled() and run.exception() is None:
+            start_displays()  # a run shorter than DISPLAY_AFTER: its last state is shown
+        for shown in displays:
+            shown.stop()
 
 
 def _describe(exc: Exception) -> str:

@@ -301,6 +301,7 @@ class Worker:
             if calls is None:  # no longer wanted: end of input ends it
                 stdin.close()
                 self.proc.wait()
+                stdout.close()
                 shutil.rmtree(self.home, ignore_errors=True)
                 return
             requests = [request for _, request in calls]

@@ -21,8 +21,6 @@ __all__ = [
     "AGENT_NAME",
     "AGENT_SOURCE",  # noqa: F822 (module __getattr__, read lazily)
     "BOOTSTRAP",
-    "GRACE",  # noqa: F822
-    "PROTOCOL_VERSION",  # noqa: F822
     "agent_source",
     "bootstrap_command",
     "bootstrap_payload",
@@ -58,16 +56,12 @@ def worker_source() -> str:
     return resources.files("batchpool.agent").joinpath("worker.py").read_text()
 
 
-def __getattr__(name: str) -> Any:
-    # AGENT_SOURCE is computed on first access so that importing this module does no I/O;
-    # the agent's constants are read from it on first access, as importing it costs
-    # 10 ms that `batchpool run` would pay before it can start its agent.
+def __getattr__(name: str) -> bytes:
+    # AGENT_SOURCE is computed on first access so that importing this module does no I/O.
+    # (The agent's constants, GRACE and PROTOCOL_VERSION, live in agent.py; this module
+    # does not import it: 10 ms that `batchpool run` would pay before starting an agent.)
     if name == "AGENT_SOURCE":
         return agent_source()
-    if name in ("GRACE", "PROTOCOL_VERSION"):
-        from batchpool.agent import agent
-
-        return getattr(agent, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

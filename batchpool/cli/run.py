@@ -53,10 +53,9 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
     config = load_config(config_file)
     job_spec = load_spec(spec)
     pool_config = config.pool(pool or job_spec.pool)
-    if pool_config.provider != "local":
-        from batchpool.pool.local import stop_early_agents
+    from batchpool.pool.local import settle_early_agent
 
-        stop_early_agents()
+    settle_early_agent(pool_config)
     check_pool(pool_config)  # a pool that cannot work is refused before the job is recorded
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from batchpool import defaults, paths
 from batchpool.agent.launch import bootstrap_payload, encode, worker_source
 from batchpool.pool.session import NodeSettings, agent_command
 from batchpool.transport import local
+
+if TYPE_CHECKING:
+    from batchpool.config import PoolConfig
 
 
 def local_settings(python: str = defaults.NODE_PYTHON, slots: int | None = None,
@@ -27,20 +31,24 @@ def local_settings(python: str = defaults.NODE_PYTHON, slots: int | None = None,
 def start_agent_early() -> None:
     """Start the default local pool's agent now, before the controller is imported.
 
-    It also starts a warm worker per core at once: the job is not loaded yet, but if it
-    has Python calls their interpreters are then up before the first call (the session
-    tells the agent how many to keep, none for a job without calls). This saves
-    `batchpool run` the agent's start-up (~60 ms) and a worker's (~45 ms) when the pool
-    is `local`; costs nothing if it turns out to be another one (`stop_early_agents`).
+    It also starts warm workers at once (one per core, at most EARLY_WARM_WORKERS): the
+    job is not loaded yet, but if it has Python calls their interpreters are then up
+    before the first call; the session then tells the agent how many to keep (none for
+    a job without calls). This saves `batchpool run` the agent's start-up (~60 ms) and a
+    worker's (~45 ms) when the pool is the default `local`; `settle_early_agent` stops it
+    as soon as the pool turns out to be another one.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    warm = min(cores, defaults.EARLY_WARM_WORKERS)
     local.start_agent_early(agent_command(local_settings()), bootstrap_payload(),
-                            encode({"op": "worker", "source": worker_source(), "warm": cores}))
+                            encode({"op": "worker", "source": worker_source(), "warm": warm}))
 
 
-def stop_early_agents() -> None:
-    """Stop agents started early that no pool will use."""
-    local.stop_early_agents()
+def settle_early_agent(pool: PoolConfig) -> None:
+    """Stop the agent started early unless `pool` will take it over: a `local` pool
+    whose agent is started with the same command (the same Python)."""
+    keep = agent_command(local_settings(pool.python)) if pool.provider == "local" else None
+    local.stop_early_agents(keep)

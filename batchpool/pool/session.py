@@ -90,11 +90,13 @@ class NodeSession:
     def ready(self) -> bool:
         return self.state in READY
 
-    async def start(self, connect_timeout: float, calls: bool = False) -> None:
+    async def start(self, connect_timeout: float, calls: int = 0) -> None:
         """Connect, start the agent, run the start task; ends READY or UNUSABLE.
 
-        `calls`: Python calls are expected, so the agent starts a warm worker per slot
-        now (else it stops any it was asked to start ahead: see pool/local.py).
+        `calls`: how many Python calls are expected. The agent keeps that many warm
+        workers started (at most one per slot), once the start task is done: what the
+        start task installs must be there when a worker's interpreter starts. Until then
+        it keeps none (stopping any started ahead: see pool/local.py).
         """
         self.move(NodeState.CONNECTING)
         try:
@@ -116,12 +118,16 @@ class NodeSession:
         self._reader = asyncio.create_task(self._read_loop(), name=f"read-{self.name}")
         # the agent runs at most `slots` tasks at once; more may be sent ahead (prefetch)
         self.send({"op": "slots", "n": self.slots})
+        warm = min(self.slots, calls)
+        start_task = self.settings.start_task
         self.send({"op": "worker", "source": worker_source(),  # for Python calls
-                   "warm": self.slots if calls else 0})
-        if self.settings.start_task:
+                   "warm": 0 if start_task else warm})
+        if start_task:
             self.move(NodeState.STARTING)
-            if not await self._run_start_task(self.settings.start_task):
+            if not await self._run_start_task(start_task):
                 return
+            if warm:
+                self.send({"op": "worker", "source": worker_source(), "warm": warm})
         self.move(NodeState.IDLE)
 
     async def _first_message(self, stream: AgentStream) -> dict[str, Any]:

@@ -37,10 +37,15 @@ def start_agent_early(command: str, payload: bytes, ahead: bytes = b"") -> None:
     """
     if (command, payload) in _early:
         return
-    process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE)
+    try:
+        process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE)
+    except OSError as exc:  # e.g. no process left under a limit: start_agent will try
+        log.debug("could not start an agent early: %s", exc)
+        return
     assert process.stdin is not None
     try:
+        # Under the pipe's capacity (64 KiB on Linux) this does not wait for the agent.
         process.stdin.write(payload + ahead)
         process.stdin.flush()
     except OSError:  # it died at once: start_agent will start one the usual way
@@ -63,10 +68,11 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         process.wait()
 
 
-def stop_early_agents() -> None:
-    """Stop the agents started early that no connection took over."""
-    while _early:
-        _stop(_early.popitem()[1])
+def stop_early_agents(keep: str | None = None) -> None:
+    """Stop the agents started early that no connection took over (but the one started
+    with command `keep`, if any)."""
+    for key in [key for key in _early if key[0] != keep]:
+        _stop(_early.pop(key))
 
 
 class _ProcessStream:

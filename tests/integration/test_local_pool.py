@@ -6,11 +6,14 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers import Batchpool, stop, wait_for, write
+
+from batchpool.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,7 +233,6 @@ def test_run_json_and_plain_progress(bp: Batchpool, tmp_path: Path) -> None:
 
 def test_million_task_array_is_accepted_quickly(bp: Batchpool, tmp_path: Path) -> None:
     from batchpool.spec import load_spec
-    from batchpool.store import Store
 
     spec = write(tmp_path / "big.toml", 'name = "big"\n[[tasks]]\nid = "a"\n'
                                         'array = "0-999999"\ncommand = "true"\n')
@@ -242,7 +244,6 @@ def test_million_task_array_is_accepted_quickly(bp: Batchpool, tmp_path: Path) -
 
 
 def _tasks(bp: Batchpool, state: str) -> list[dict[str, object]]:
-    from batchpool.store import Store
 
     store = Store(bp.home / "batchpool.db")
     return [{"task_id": t.task_id} for t in store.tasks(1, states=(state,))]
@@ -318,3 +319,40 @@ def test_plain_progress_shows_running_tasks_while_the_job_runs(bp: Batchpool,
     progress = [line for line in lines if line.startswith("job 1 slow:")]
     assert "0/1 done, 0 succeeded, 0 failed, 1 running, 0 queued" in progress[0], lines
     assert "1/1 done, 1 succeeded" in progress[-1], lines
+
+
+def test_warm_workers_start_after_the_start_task(bp: Batchpool, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker interpreter started before the start task would never see what it
+    # installs: here a module in a user site directory that does not exist yet.
+    userbase = tmp_path / "userbase"
+    monkeypatch.setenv("PYTHONUSERBASE", str(userbase))
+    site = userbase / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "site-packages"
+    config = write(tmp_path / "batchpool.toml", f"""
+[pools.local]
+provider = "local"
+start_task = "mkdir -p {site} && printf 'def f():\\\\n    return 7\\\\n' > {site}/userfoo.py"
+""")
+    spec = write(tmp_path / "job.toml", 'name = "user-site"\n[[tasks]]\nid = "t"\n'
+                                        'call = "userfoo:f"\n')
+    bp("run", str(spec), "--config", str(config), check=True)
+    assert bp.json("job", "show", "1")["state"] == "succeeded"
+
+
+def test_a_job_with_one_call_keeps_one_warm_worker(bp: Batchpool, tmp_path: Path) -> None:
+    workers = bp.home / "work" / ".workers"
+    write(tmp_path / "probe.py", f"""
+import os, time
+
+def count():
+    time.sleep(0.5)  # any surplus worker started ahead has been stopped by now
+    return len(os.listdir({str(workers)!r}))
+""")
+    spec = write(tmp_path / "job.toml", 'name = "one-call"\nfiles = ["probe.py"]\n'
+                                        '[[tasks]]\nid = "t"\ncall = "probe:count"\n')
+    bp("run", str(spec), check=True)
+    assert bp.json("job", "show", "1")["state"] == "succeeded"
+    store = Store(bp.home / "batchpool.db")
+    (attempt,) = store.attempts(1)
+    assert attempt.result == "1"

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import wait_for
 
+from batchpool.config import PoolConfig
+from batchpool.pool.local import settle_early_agent
+from batchpool.pool.local import start_agent_early as start_local_pool_agent_early
 from batchpool.transport import local
 from batchpool.transport.local import LocalConnection, start_agent_early, stop_early_agents
 
 # Prints when it started (ns since the epoch), then echoes its input: the payload first.
 STAMPED_CAT = "date +%s%N; exec cat"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def test_an_agent_started_early_is_taken_over_with_its_payload() -> None:
@@ -66,12 +61,37 @@ def test_an_early_agent_for_another_command_is_not_used_and_is_stopped() -> None
     assert early is not None and early.returncode is not None and not local._early
 
 
-def test_an_early_agent_never_taken_over_ends_with_its_process(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    script = ("from batchpool.transport.local import start_agent_early\n"
-              f"start_agent_early('echo $$ > {pid_file}; exec cat', b'')\n"
-              "import time; time.sleep(0.5)\n")
+def test_an_early_agent_never_taken_over_is_stopped_at_exit(tmp_path: Path) -> None:
+    # Its stdin is closed (and it is waited for) by an exit handler, before the handlers
+    # registered earlier run: the log shows the agent's end first. (Without the handler
+    # the agent would still end, but only once the process had exited.)
+    log = tmp_path / "order"
+    script = ("import atexit\n"
+              f"atexit.register(lambda: open({str(log)!r}, 'a').write('parent exits\\n'))\n"
+              "from batchpool.transport.local import start_agent_early\n"
+              f"start_agent_early('cat > /dev/null; echo agent stopped >> {log}', b'x')\n")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 5, "its pid")
-    pid = int(pid_file.read_text())
-    assert not _alive(pid), f"the early agent {pid} outlived the process that started it"
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2, 5, "both lines")
+    assert log.read_text().splitlines() == ["agent stopped", "parent exits"]
+
+
+def test_settle_keeps_the_early_agent_only_for_a_local_pool_with_its_python(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHPOOL_HOME", str(tmp_path))
+    pools = {"same": PoolConfig(name="local", provider="local"),
+             "other python": PoolConfig(name="local", provider="local",
+                                        python="/usr/bin/python3"),
+             "ssh": PoolConfig(name="lab", provider="static", hosts=("node1",))}
+    kept = {}
+    try:
+        for name, pool in pools.items():
+            start_local_pool_agent_early()
+            (early,) = local._early.values()
+            settle_early_agent(pool)
+            kept[name] = bool(local._early)
+            assert kept[name] == (early.poll() is None)
+            stop_early_agents()
+            assert early.returncode is not None
+    finally:
+        stop_early_agents()
+    assert kept == {"same": True, "other python": False, "ssh": False}
