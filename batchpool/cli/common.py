@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -72,3 +74,21 @@ def console() -> Console:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a block of imports: they make many objects
+    and no garbage, and the collections they trigger cost `batchpool run` ~10 ms."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def exit_quickly(status: int) -> NoReturn:
+    """Exit with `status`, sparing the interpreter a last collection over everything
+    imported (~30 ms here): those objects are freed with the process anyway."""
+    gc.freeze()
+    sys.exit(status)

@@ -16,6 +16,7 @@ from batchpool.cli.common import (
     config_option,
     console,
     emit_json,
+    exit_quickly,
     handle_errors,
     json_option,
     open_store,
@@ -223,7 +224,7 @@ def resume(job_id: int, pool: str | None, config_file: str | None, retry_backoff
     job_row = store.claim(job_id, owner_id(), stale_after=defaults.OWNER_STALE,
                           owner_gone=owner_gone)
     click.echo(f"resuming job {job_id} ({job_row.name}) on pool {pool_config.name}", err=True)
-    sys.exit(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
+    exit_quickly(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
 
 
 def _read(path: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,8 @@ from batchpool.cli.common import (
     config_option,
     console,
     emit_json,
+    exit_quickly,
+    gc_paused,
     handle_errors,
     json_option,
     open_store,
@@ -41,27 +42,26 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
     2 if the spec or the config is invalid (nothing runs then). Ctrl-C cancels the
     job; `batchpool job resume ID` continues a job whose run was killed.
     """
-    if pool in (None, "local"):  # its interpreter starts while this one imports the rest
-        from batchpool.pool.local import start_agent_early
+    from batchpool.pool.local import settle_early_agent, start_agent_early
 
+    if pool in (None, "local"):  # its interpreter starts while this one imports the rest
         start_agent_early()
-    from batchpool.config import load_config
-    from batchpool.controller import owner_id
-    from batchpool.runner import check_pool
-    from batchpool.spec import load_spec
+    with gc_paused():
+        from batchpool.config import load_config
+        from batchpool.controller import owner_id
+        from batchpool.runner import check_pool
+        from batchpool.spec import load_spec
 
     config = load_config(config_file)
     job_spec = load_spec(spec)
     pool_config = config.pool(pool or job_spec.pool)
-    from batchpool.pool.local import settle_early_agent
-
     settle_early_agent(pool_config)
     check_pool(pool_config)  # a pool that cannot work is refused before the job is recorded
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()),
                           state="running", owner=owner_id())
     click.echo(f"job {job_id} ({job_spec.name}) on pool {pool_config.name}", err=True)
-    sys.exit(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
+    exit_quickly(run_and_report(store, pool_config, job_id, as_json, retry_backoff))
 
 
 def run_and_report(store: Store, pool_config: PoolConfig, job_id: int, as_json: bool,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import gc
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from batchpool.cli import COMMANDS, main
+from batchpool.cli.common import exit_quickly, gc_paused
 
 
 def test_help_lists_every_command() -> None:
@@ -32,3 +35,21 @@ def test_run_does_not_import_the_other_commands() -> None:
 def test_unknown_command_is_refused() -> None:
     result = CliRunner().invoke(main, ["frobnicate"])
     assert result.exit_code == 2 and "No such command 'frobnicate'" in result.output
+
+
+def test_gc_paused_restores_the_collector_even_on_error() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        assert not gc.isenabled()
+        1 / 0  # noqa: B018
+    assert gc.isenabled()
+
+
+def test_exit_quickly_exits_with_the_status_and_freezes_what_is_left() -> None:
+    try:
+        with pytest.raises(SystemExit) as exited:
+            exit_quickly(3)
+        assert exited.value.code == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
