@@ -57,10 +57,15 @@ def start_agent_early(command: str, payload: bytes, ahead: bytes = b"") -> None:
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Close our ends of its pipes (end of input: it stops), then wait for it."""
     for pipe in (process.stdin, process.stdout):
         if pipe is not None:
             with contextlib.suppress(OSError):
                 pipe.close()
+    _wait_or_kill(process, timeout)
+
+
+def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -180,12 +185,8 @@ async def _wait_process(process: asyncio.subprocess.Process, timeout: float) -> 
 
 
 async def _wait_popen(process: subprocess.Popen[bytes], timeout: float) -> None:
-    # its pipes belong to the event loop's transports now: wait, and kill if need be
-    try:
-        await asyncio.to_thread(process.wait, timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        await asyncio.to_thread(process.wait)
+    # its pipes belong to the event loop's transports now: only wait (and kill if need be)
+    await asyncio.to_thread(_wait_or_kill, process, timeout)
 
 
 class LocalTransport(Transport):

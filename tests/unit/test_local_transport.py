@@ -95,3 +95,28 @@ def test_settle_keeps_the_early_agent_only_for_a_local_pool_with_its_python(
     finally:
         stop_early_agents()
     assert kept == {"same": True, "other python": False, "ssh": False}
+
+
+def test_an_early_agent_that_died_is_replaced_by_a_fresh_one(tmp_path: Path) -> None:
+    # The command ends by itself the first time (no flag file yet; the sleep keeps its
+    # stdin open for the early write) and echoes its input the second time: only a
+    # freshly started process can answer.
+    flag = tmp_path / "flag"
+    command = f"test -e {flag} && exec cat; sleep 0.2"
+
+    async def scenario() -> bytes:
+        start_agent_early(command, b"hello\n")
+        (early,) = local._early.values()
+        await asyncio.to_thread(early.wait, 10)
+        flag.touch()
+        connection = LocalConnection()
+        stream = await connection.start_agent(command, b"hello\n")
+        line = await stream.readline()
+        await connection.close()
+        return line
+
+    try:
+        assert asyncio.run(scenario()) == b"hello\n"
+        assert not local._early
+    finally:
+        stop_early_agents()
