@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batchpool.agent.launch import (
+    AGENT_PYTHON_ARGS,
     bootstrap_command,
     bootstrap_payload,
     decode,
@@ -49,7 +50,8 @@ class NodeSettings:
 
 def agent_command(settings: NodeSettings) -> str:
     """The command line that starts a node's agent."""
-    return bootstrap_command(settings.python, settings.workdir, settings.heartbeat)
+    return bootstrap_command(settings.python, settings.workdir, settings.heartbeat,
+                             AGENT_PYTHON_ARGS)
 
 
 class NodeSession:

@@ -78,6 +78,25 @@ def test_bootstrap_command_quotes_its_words() -> None:
     assert words[5:] == ["/tmp/a b/it's", "1.5"]
 
 
+def test_pools_start_the_agent_without_site(tmp_path: Path) -> None:
+    """The command the pools use skips `site` (-S), and the agent comes up under it."""
+    from batchpool.pool.session import NodeSettings, agent_command
+
+    settings = NodeSettings(python=sys.executable, workdir=str(tmp_path), slots=None,
+                            start_task=None, heartbeat=0.0, local_results=None)
+    cmd = agent_command(settings)
+    assert shlex.split(cmd)[1:3] == ["-S", "-u"]
+    with subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(bootstrap_payload())
+        proc.stdin.flush()
+        hello = decode(proc.stdout.readline())
+        proc.stdin.close()
+        assert proc.wait(timeout=10) == 0
+    assert hello["op"] == "hello" and hello["workdir"] == str(tmp_path)
+
+
 # ------------------------------------------------------------------------- agent
 
 
