@@ -18,7 +18,11 @@ BATCHPOOL_HOME under a /tmp/bench-parallel-* directory (removed at the end):
   EP call          `batchpool run jobs/npb-ep/call-a.toml` (32 ep.shard calls in warm
                    workers + the ep.verify call), the whole CLI process timed;
   EP Executor      Executor().map(ep.run_shard, [class A] * 32, range(32), [32] * 32), then
-                   combine and verify in this process.
+                   combine and verify in this process;
+  pi / EP halves   no batchpool: one plain process per core started at once, each doing
+                   its share of the serial work (32 seeds; EP shard i of 2), timed until
+                   the last ends. What this machine allows for a parallel run that
+                   starts its own interpreters: the ceiling the other forms are read against.
 
 Speed-up = serial seconds / batchpool seconds (best of --repeat each; the median of the
 per-round ratios is printed too). Target on 2 cores: >= 1.8x for the call form and the
@@ -64,6 +68,7 @@ REPO = Path(__file__).resolve().parent.parent
 PI_DIR = REPO / "jobs" / "montecarlo-pi"
 EP_DIR = REPO / "jobs" / "npb-ep"
 TARGET = 1.8
+CORES = len(os.sched_getaffinity(0))
 TASKS = 64
 EP_SHARDS = 32
 SERIAL_PI = """
@@ -73,6 +78,13 @@ result = pi.combine([pi.count(seed, samples) for seed in range(tasks)])
 print(json.dumps(result))
 sys.exit(0 if result["error"] <= 5 * result["stderr"] else 2)
 """
+HALF_PI = """
+import sys, pi
+samples, start, stop = (int(a) for a in sys.argv[1:])
+print(pi.combine([pi.count(seed, samples) for seed in range(start, stop)]))
+"""
+HALF_EP = ("import sys, ep; "
+           "ep.run_shard(ep.CLASSES[sys.argv[1]], int(sys.argv[2]), int(sys.argv[3]))")
 
 
 @dataclass
@@ -168,6 +180,19 @@ def run_process(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     return seconds, done.stdout
 
 
+def side_by_side(commands: list[list[str]], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of `commands` started at once, until the last has ended (all must
+    succeed)."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL)
+             for argv in commands]
+    codes = [proc.wait() for proc in procs]
+    seconds = time.perf_counter() - started
+    if any(codes):
+        raise RuntimeError(f"side by side: exit statuses {codes}")
+    return seconds
+
+
 @contextmanager
 def fresh_home(root: Path, name: str) -> Iterator[Path]:
     """An empty BATCHPOOL_HOME for one run (in os.environ too, for the Executor)."""
@@ -196,6 +221,11 @@ def batchpool_run(spec: Path, config: Path, root: Path, expect: int) -> float:
     if result.get("succeeded") != expect:
         raise RuntimeError(f"{spec.name}: {result.get('succeeded')} of {expect} succeeded")
     return seconds
+
+
+def shares(n: int) -> list[tuple[int, int]]:
+    """[start, stop) of each core's contiguous share of n items."""
+    return [(i * n // CORES, (i + 1) * n // CORES) for i in range(CORES)]
 
 
 def with_text(source: Path, dest: Path, old: str, new: str) -> Path:
@@ -290,6 +320,9 @@ def main() -> None:
                 "pi command": lambda: batchpool_run(pi_job, config, tmp, TASKS + 1),
                 "pi call": lambda: batchpool_run(pi_call, config, tmp, TASKS + 1),
                 "pi Executor": lambda: executor_pi(config, tmp, samples),
+                "pi halves": lambda: side_by_side(
+                    [[sys.executable, "-c", HALF_PI, str(samples), str(start), str(stop)]
+                     for start, stop in shares(TASKS)], tmp, env),
             }
         if "ep" in wanted:
             methods |= {
@@ -298,9 +331,12 @@ def main() -> None:
                 "EP command": lambda: batchpool_run(ep_job, config, tmp, EP_SHARDS + 1),
                 "EP call": lambda: batchpool_run(ep_call, config, tmp, EP_SHARDS + 1),
                 "EP Executor": lambda: executor_ep(config, tmp, npb),
+                "EP halves": lambda: side_by_side(
+                    [[sys.executable, "-c", HALF_EP, npb, str(i), str(CORES)]
+                     for i in range(CORES)], tmp, env),
             }
         revision = batchpool_revision()
-        print(f"# local pool, {len(os.sched_getaffinity(0))} CPUs; pi: {TASKS} x "
+        print(f"# local pool, {CORES} CPUs; pi: {TASKS} x "
               f"{samples:,} samples; NPB EP class {npb} in {EP_SHARDS} shards; "
               f"{args.repeat} round(s); batchpool {revision} from "
               f"{Path(batchpool.__file__).parent}",
@@ -330,8 +366,9 @@ def main() -> None:
         speedup = serial.best / s.best
         rounds = [a / b for a, b in zip(serial.seconds, s.seconds, strict=True)]
         target = TARGET if form in ("call", "Executor") else None
-        verdict = "" if target is None else (
-            f"target >= {target:g}: {'met' if speedup >= target else 'NOT MET'}; ")
+        verdict = "the machine's ceiling, no batchpool; " if form == "halves" else \
+            "" if target is None else (
+                f"target >= {target:g}: {'met' if speedup >= target else 'NOT MET'}; ")
         median = statistics.median(rounds)
         speedups[name] = {"speedup": speedup, "per_round": rounds, "median_of_rounds": median,
                           "target": target}
@@ -340,7 +377,7 @@ def main() -> None:
                + ", ".join(f"{r:.2f}" for r in rounds))
     if args.json:
         args.json.write_text(json.dumps({
-            "batchpool": revision, "cpus": len(os.sched_getaffinity(0)), "samples": samples,
+            "batchpool": revision, "cpus": CORES, "samples": samples,
             "npb_class": npb, "repeat": args.repeat,
             "series": {k: {"seconds": s.seconds, "best": s.best, "load_before": s.loads,
                            "others_share": s.others}
