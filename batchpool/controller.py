@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +68,11 @@ def owner_gone(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+#: Where a long-running controller gets more jobs from while it runs: called about once a
+#: second, it returns the ids of jobs it has just claimed for this controller's pool.
+Intake = Callable[[], Awaitable[list[int]]]
 
 
 class CallSource(Protocol):
@@ -136,27 +141,45 @@ class Controller:
         self._refill_pending = False   # a _refill is due on the next loop turn
         self._call_sources: dict[int, tuple[str, CallSource]] = {}
         self._owner_seen = 0.0  # when owner_seen was last refreshed
+        self._node_names: tuple[str, ...] = ()   # the pool's planned nodes
+        self._intake_due = False   # poke(): the intake is asked on the next turn
 
     # -- running jobs ------------------------------------------------------------------
-    async def run(self, job_ids: list[int]) -> dict[int, JobProgress]:
-        """Run the given (already claimed) jobs to their end; returns their progress."""
+    async def run(self, job_ids: list[int], intake: Intake | None = None,
+                  linger: float = 0.0) -> dict[int, JobProgress]:
+        """Run the given (already claimed) jobs to their end; returns their progress.
+
+        With an `intake` (the controller service), jobs it hands over are run too, and
+        the pool stays up until no job has run for `linger` seconds.
+        """
         self._writer = self.store.writer()
         try:
             transport, plans = plan_pool(self.pool)
-            names = tuple(plan.address.name for plan in plans)
-            for job_id in job_ids:
-                await self._place(job_id, names)
-                await self._add_job(job_id)
-            strangers = {node for run in self.jobs.values() for group in run.spec.tasks
+            self._node_names = tuple(plan.address.name for plan in plans)
+            await self._take(job_ids)
+            await self._start_nodes(transport, plans)
+            await self._loop(intake, linger)
+        finally:
+            await self._shutdown()
+        return {job_id: run.progress for job_id, run in self.jobs.items()}
+
+    async def _take(self, job_ids: list[int]) -> None:
+        """Add claimed jobs to the run (before the nodes start, or while they run)."""
+        names = self._node_names
+        for job_id in job_ids:
+            await self._place(job_id, names)
+            await self._add_job(job_id)
+            strangers = {node for group in self.jobs[job_id].spec.tasks
                          for node in group.pinned or () if node not in names}
             for node in sorted(strangers):  # their pinned tasks fail rather than wait forever
                 self._apply(self.scheduler.remove_node(
                     node, self.clock(), f"not a node of pool {self.pool.name!r}"))
-            await self._start_nodes(transport, plans)
-            await self._loop()
-        finally:
-            await self._shutdown()
-        return {job_id: run.progress for job_id, run in self.jobs.items()}
+        self._wake.set()
+
+    def poke(self) -> None:
+        """New jobs may be waiting for this pool: ask the intake now, not within a second."""
+        self._intake_due = True
+        self._wake.set()
 
     def attach_calls(self, job_id: int, group_id: str, source: CallSource) -> None:
         """Feed the open group `group_id` of job `job_id` from `source` (before `run`)."""
@@ -222,19 +245,37 @@ class Controller:
             if run.calls[1].closed():
                 self.seal_calls(job_id)
 
-    async def _loop(self) -> None:
+    async def _loop(self, intake: Intake | None, linger: float) -> None:
         housekeeping = 0.0
-        while any(run.progress.state == "running" for run in self.jobs.values()):
+        idle_since: float | None = None
+        while True:
             now = self.clock()
+            if any(run.progress.state == "running" for run in self.jobs.values()):
+                idle_since = None
+            else:
+                idle_since = now if idle_since is None else idle_since
+                # a foreground run ends with its jobs; a service's pool waits `linger` for
+                # more, unless no node is left (a later job then starts the pool afresh)
+                if intake is None or now - idle_since >= linger or not self._usable():
+                    break
             self._apply(self.scheduler.expire(now) + self.scheduler.schedule(now))
             if now >= housekeeping:
                 housekeeping = now + 1.0
                 await self._housekeeping(now)
+                self._intake_due = True
+            if intake is not None and self._intake_due:
+                self._intake_due = False
+                await self._take(await intake())
             wake = self.scheduler.next_wakeup()
             timeout = min(1.0, max(0.0, (wake or now + 1.0) - now), housekeeping - now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
             self._wake.clear()
+
+    def _usable(self) -> bool:
+        """Whether any node is up or still coming up."""
+        return any(n.ready or n.state in (NodeState.CONNECTING, NodeState.STARTING)
+                   for n in self.nodes.values())
 
     async def _housekeeping(self, now: float) -> None:
         """Heartbeats, cancel requests from other processes, ownership, node rows."""
@@ -242,8 +283,7 @@ class Controller:
             silent = now - node.last_seen
             if node.ready and silent > self.pool.heartbeat_timeout:
                 self._node_lost(node, f"no heartbeat for {silent:.0f}s")
-        if not any(n.ready or n.state in (NodeState.CONNECTING, NodeState.STARTING)
-                   for n in self.nodes.values()):
+        if not self._usable():
             reasons = "; ".join(f"{n.name}: {n.state} ({n.reason})" for n in self.nodes.values())
             for job_id, run in self.jobs.items():
                 if run.progress.state == "running":

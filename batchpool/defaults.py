@@ -28,6 +28,11 @@ PROGRESS_LINE_INTERVAL = 5.0
 
 #: How often a controller refreshes `owner_seen` on the jobs it runs (seconds).
 OWNER_HEARTBEAT = 2.0
+#: How often `job wait` and `submit --wait` look at the job (one read of one row).
+WAIT_POLL = 0.02
+#: How often the controller service looks in the store for submitted jobs (seconds); a
+#: pool that is already up takes its new jobs about once a second, from its own loop.
+SERVICE_POLL = 1.0
 #: A job whose owner has not refreshed `owner_seen` for this long is taken over by
 #: `job resume` and ended at once by `job cancel` (Store.claim, Store.finish_unowned);
 #: a dead owner process on this host counts at once. Keep it several OWNER_HEARTBEATs.

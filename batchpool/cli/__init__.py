@@ -14,10 +14,12 @@ from batchpool import __version__
 #: commands: start-up time is part of every run.
 COMMANDS = {
     "run": ("batchpool.cli.run", "run"),
+    "submit": ("batchpool.cli.submit", "submit"),
     "job": ("batchpool.cli.job", "job"),
     "pool": ("batchpool.cli.pool", "pool"),
     "node": ("batchpool.cli.pool", "node"),
     "dev-cluster": ("batchpool.cli.devcluster", "dev_cluster"),
+    "controller": ("batchpool.cli.controller", "controller"),
 }
 
 

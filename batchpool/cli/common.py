@@ -92,3 +92,20 @@ def exit_quickly(status: int) -> NoReturn:
     imported (~30 ms here): those objects are freed with the process anyway."""
     gc.freeze()
     sys.exit(status)
+
+
+def wait_and_report(store: Store, job_id: int, timeout: float | None, as_json: bool) -> int:
+    """Wait for a job to end, print its state (or report); the exit status to use."""
+    from batchpool.reports import job_report
+
+    job = store.wait(job_id, timeout)
+    if not job.terminal:
+        click.echo(f"job {job_id} still {job.state} after {timeout}s", err=True)
+        return EXIT_FAILED
+    report = job_report(store, job_id)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"job {job_id}: {report['state']}"
+                   + (f" ({report['reason']})" if report["reason"] else ""))
+    return 0 if report["state"] == "succeeded" else EXIT_FAILED

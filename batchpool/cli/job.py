@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from batchpool.cli.common import (
     json_option,
     open_store,
     retry_backoff_option,
+    wait_and_report,
 )
 from batchpool.cli.run import run_and_report
 from batchpool.config import load_config
@@ -99,21 +99,8 @@ def show(job_id: int, as_json: bool) -> None:
 @handle_errors
 def wait(job_id: int, timeout: float | None, as_json: bool) -> None:
     """Wait until a job ends; exit 0 only if every task succeeded."""
-    store = open_store()
-    deadline = time.time() + timeout if timeout else None
-    while not store.job(job_id).terminal:
-        if deadline is not None and time.time() > deadline:
-            click.echo(f"job {job_id} still {store.job(job_id).state} after {timeout}s",
-                       err=True)
-            sys.exit(EXIT_FAILED)
-        time.sleep(0.5)
-    report = job_report(store, job_id)
-    if as_json:
-        emit_json(report)
-    else:
-        click.echo(f"job {job_id}: {report['state']}"
-                   + (f" ({report['reason']})" if report["reason"] else ""))
-    sys.exit(0 if report["state"] == "succeeded" else EXIT_FAILED)
+    sys.exit(wait_and_report(open_store(), job_id, timeout, as_json))
+
 
 
 @job.command()

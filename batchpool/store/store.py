@@ -182,6 +182,32 @@ class Store:
         with self.reading() as db:
             return [_job_row(r) for r in db.execute(query, params)]
 
+    def wait(self, job_id: int, timeout: float | None = None,
+             interval: float = defaults.WAIT_POLL) -> JobRow:
+        """The job once it has ended, or as it is after `timeout` seconds.
+
+        One connection for the whole wait, so that each look is a single cheap read and
+        `interval` can be short: a waiting `submit --wait` sees the end within ~20 ms.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?"
+        with self.reading() as db:
+            while True:
+                row = db.execute(query, (job_id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"no job {job_id}")
+                job = _job_row(row)
+                if job.terminal or (deadline is not None and time.monotonic() >= deadline):
+                    return job
+                time.sleep(interval)
+
+    def unfinished_jobs(self) -> list[JobRow]:
+        """Every queued or running job, oldest first: what a controller service looks at."""
+        with self.reading() as db:
+            return [_job_row(r) for r in db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state NOT IN {_TERMINAL_SQL}"
+                " ORDER BY id")]
+
     def request_cancel(self, job_id: int) -> JobRow:
         """Ask whoever runs the job to cancel it (a job nobody runs: `finish_unowned`)."""
         job = self.job(job_id)

@@ -1,0 +1,64 @@
+"""`batchpool submit`: queue a job spec for the controller service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from batchpool.cli.common import (
+    config_option,
+    emit_json,
+    exit_quickly,
+    handle_errors,
+    json_option,
+    open_store,
+    wait_and_report,
+)
+
+
+@click.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pool", help="Pool to run on (default: the spec's pool, then the config's).")
+@config_option
+@click.option("--wait", "wait", is_flag=True,
+              help="Then wait for the job to end, like `batchpool job wait` (exit 0 only "
+                   "if every task succeeded).")
+@json_option
+@handle_errors
+def submit(spec: str, pool: str | None, config_file: str | None, wait: bool,
+           as_json: bool) -> None:
+    """Queue SPEC for the controller service and print the job id.
+
+    The spec and the pool are checked first: if either is invalid nothing is queued and
+    the exit status is 2. The job runs when `batchpool controller run` (the service) is
+    running on the same $BATCHPOOL_HOME; follow it with `batchpool job show ID` or wait
+    for it with `batchpool job wait ID` (or `--wait`). Only the id goes to stdout, so
+    that `id=$(batchpool submit job.toml)` works; with `--wait --json`, the job's report
+    as `job wait --json` prints it.
+    """
+    from batchpool.config import load_config
+    from batchpool.runner import check_pool
+    from batchpool.service_lock import ServiceLock
+    from batchpool.spec import load_spec
+
+    config = load_config(config_file)
+    job_spec = load_spec(spec)
+    pool_config = config.pool(pool or job_spec.pool)
+    check_pool(pool_config)
+    store = open_store()
+    job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()))
+    served = ServiceLock(store).poke()
+    if as_json and not wait:
+        emit_json({"id": job_id, "name": job_spec.name, "pool": pool_config.name,
+                   "state": "queued", "service_running": served})
+    elif not as_json:
+        click.echo(job_id)
+        click.echo(f"job {job_id} ({job_spec.name}) queued on pool {pool_config.name}",
+                   err=True)
+    if not served:
+        click.echo("note: no controller service is running on this store; the job waits "
+                   "until `batchpool controller run` starts (or `batchpool job resume "
+                   f"{job_id}` runs it in the foreground)", err=True)
+    if wait:
+        exit_quickly(wait_and_report(store, job_id, None, as_json))
