@@ -13,10 +13,15 @@ BATCHPOOL_HOME under a /tmp/bench-parallel-* directory (removed at the end):
                    workers + the reduce), the whole CLI process timed;
   pi Executor      batchpool.Executor().map(pi.count, range(64), [20M] * 64) in this
                    process, Executor start-up and shutdown included, then combine;
+  pi service       the same call.toml given to a controller service that is already
+                   running (`batchpool controller run`, started once for the whole
+                   benchmark and warmed up by a small job, its pool kept up between
+                   jobs): `batchpool submit --wait` timed as a whole process;
   EP serial        `python3 ep.py --class A` (NPB EP, 2^28 pairs, verified);
   EP command       `batchpool run jobs/npb-ep/job-a.toml` (32 shards + verify);
   EP call          `batchpool run jobs/npb-ep/call-a.toml` (32 ep.shard calls in warm
                    workers + the ep.verify call), the whole CLI process timed;
+  EP service       call-a.toml submitted to the running service, as pi service;
   EP Executor      Executor().map(ep.run_shard, [class A] * 32, range(32), [32] * 32), then
                    combine and verify in this process;
   pi / EP halves   no batchpool: one plain process per core started at once, each doing
@@ -26,11 +31,11 @@ BATCHPOOL_HOME under a /tmp/bench-parallel-* directory (removed at the end):
 
 Speed-up = serial seconds / batchpool seconds (best of --repeat each; the median of the
 per-round ratios is printed too), and "of the ceiling": each round's halves seconds over
-the form's seconds, median of rounds (1 = as fast as the machine allows). Target on 2 cores: >= 1.8x for the call form and the
-Executor. --quick: 2M samples, EP class W. Before each measurement the 1-minute load
-average must fall to --max-load (waiting up to 10 minutes): other engineers share this
-machine; the load measured is printed, and the share of the machine other processes
-used during the measurement.
+the form's seconds, median of rounds (1 = as fast as the machine allows). Target on 2
+cores: >= 1.8x for the call form (run or service) and the Executor. --quick: 2M samples,
+EP class W. Before each measurement the 1-minute load average must fall to --max-load
+(waiting up to 10 minutes): other engineers share this machine; the load measured is
+printed, and the share of the machine other processes used during the measurement.
 """
 
 from __future__ import annotations
@@ -224,6 +229,48 @@ def batchpool_run(spec: Path, config: Path, root: Path, expect: int) -> float:
     return seconds
 
 
+@contextmanager
+def running_service(root: Path, warm_up: Path) -> Iterator[Path]:
+    """A controller service on its own BATCHPOOL_HOME, its local pool up and its warm
+    workers' imports done by one `warm_up` job; yields that home. Stopped at the end."""
+    home = root / "home-service"
+    home.mkdir()
+    config = root / "service.toml"
+    config.write_text('default_pool = "local"\n[pools.local]\nprovider = "local"\n'
+                      'idle_timeout = "1h"   # up for the whole benchmark\n')
+    env = {**os.environ, "BATCHPOOL_HOME": str(home)}
+    service = subprocess.Popen([*batchpool_command(), "controller", "run", "--config",
+                                str(config)], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = home / "batchpool.db.controller.lock"
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip() == str(service.pid)):
+            if service.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the controller service did not start")
+            time.sleep(0.05)
+        run_process([*batchpool_command(), "submit", str(warm_up), "--wait"], root, env)
+        yield home
+    finally:
+        service.terminate()
+        try:
+            service.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+
+
+def service_submit(spec: Path, home: Path, expect: int) -> float:
+    """Wall seconds of `batchpool submit SPEC --wait --json` to a running service."""
+    env = {**os.environ, "BATCHPOOL_HOME": str(home)}
+    seconds, out = run_process([*batchpool_command(), "submit", str(spec), "--wait",
+                                "--json"], spec.parent, env)
+    result = json.loads(out)
+    if result.get("succeeded") != expect:
+        raise RuntimeError(f"{spec.name}: {result.get('succeeded')} of {expect} succeeded")
+    return seconds
+
+
 def shares(n: int) -> list[tuple[int, int]]:
     """[start, stop) of each core's contiguous share of n items."""
     return [(i * n // CORES, (i + 1) * n // CORES) for i in range(CORES)]
@@ -295,9 +342,10 @@ def main() -> None:
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     series: dict[str, Series] = {}
 
-    with private_home() as home, tempfile.TemporaryDirectory(prefix="bench-parallel-",
-                                                             dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
+    with contextlib.ExitStack() as stack:
+        home = stack.enter_context(private_home())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-parallel-",
+                                                                   dir="/tmp")))
         config = tmp / "batchpool.toml"
         config.write_text('# the built-in local pool: one slot per core\n'
                           'default_pool = "local"\n')
@@ -312,6 +360,9 @@ def main() -> None:
                            f"--class {npb}")
         ep_call = with_text(EP_DIR / "call-a.toml", tmp / "ep-call.toml", '"A", "{index}"',
                             f'"{npb}", "{{index}}"')
+        warm_up = with_text(PI_DIR / "call.toml", tmp / "warm-up.toml", "samples = 2000000",
+                            "samples = 1000")
+        service_home = stack.enter_context(running_service(tmp, warm_up))
         env = {**os.environ, "BATCHPOOL_HOME": str(home)}
         methods: dict[str, Callable[[], float]] = {}
         if "pi" in wanted:
@@ -320,6 +371,7 @@ def main() -> None:
                     [sys.executable, "-c", SERIAL_PI, str(samples), str(TASKS)], tmp, env)[0],
                 "pi command": lambda: batchpool_run(pi_job, config, tmp, TASKS + 1),
                 "pi call": lambda: batchpool_run(pi_call, config, tmp, TASKS + 1),
+                "pi service": lambda: service_submit(pi_call, service_home, TASKS + 1),
                 "pi Executor": lambda: executor_pi(config, tmp, samples),
                 "pi halves": lambda: side_by_side(
                     [[sys.executable, "-c", HALF_PI, str(samples), str(start), str(stop)]
@@ -331,6 +383,7 @@ def main() -> None:
                     [sys.executable, "ep.py", "--class", npb], tmp, env)[0],
                 "EP command": lambda: batchpool_run(ep_job, config, tmp, EP_SHARDS + 1),
                 "EP call": lambda: batchpool_run(ep_call, config, tmp, EP_SHARDS + 1),
+                "EP service": lambda: service_submit(ep_call, service_home, EP_SHARDS + 1),
                 "EP Executor": lambda: executor_ep(config, tmp, npb),
                 "EP halves": lambda: side_by_side(
                     [[sys.executable, "-c", HALF_EP, npb, str(i), str(CORES)]
@@ -366,7 +419,7 @@ def main() -> None:
         serial = series[f"{kind} serial"]
         speedup = serial.best / s.best
         rounds = [a / b for a, b in zip(serial.seconds, s.seconds, strict=True)]
-        target = TARGET if form in ("call", "Executor") else None
+        target = TARGET if form in ("call", "service", "Executor") else None
         verdict = "the machine's ceiling, no batchpool; " if form == "halves" else \
             "" if target is None else (
                 f"target >= {target:g}: {'met' if speedup >= target else 'NOT MET'}; ")
