@@ -156,25 +156,53 @@ class Controller:
         try:
             transport, plans = plan_pool(self.pool)
             self._node_names = tuple(plan.address.name for plan in plans)
-            await self._take(job_ids)
+            await self._take(job_ids, alone=intake is not None)
             await self._start_nodes(transport, plans)
             await self._loop(intake, linger)
         finally:
             await self._shutdown()
         return {job_id: run.progress for job_id, run in self.jobs.items()}
 
-    async def _take(self, job_ids: list[int]) -> None:
-        """Add claimed jobs to the run (before the nodes start, or while they run)."""
+    async def _take(self, job_ids: list[int], alone: bool = False) -> None:
+        """Add claimed jobs to the run (before the nodes start, or while they run).
+
+        An error taking a job propagates (the caller fails the jobs that were to start),
+        unless `alone` (the controller service): then each job that cannot be taken fails
+        on its own, and the others run.
+        """
         names = self._node_names
         for job_id in job_ids:
-            await self._place(job_id, names)
-            await self._add_job(job_id)
+            try:
+                await self._place(job_id, names)
+                await self._add_job(job_id)
+            except Exception as exc:
+                if not alone:
+                    raise
+                log.exception("could not take job %s", job_id)
+                await self._fail_untaken(job_id, f"could not start: {exc}")
+                continue
             strangers = {node for group in self.jobs[job_id].spec.tasks
                          for node in group.pinned or () if node not in names}
             for node in sorted(strangers):  # their pinned tasks fail rather than wait forever
                 self._apply(self.scheduler.remove_node(
                     node, self.clock(), f"not a node of pool {self.pool.name!r}"))
         self._wake.set()
+
+    async def _fail_untaken(self, job_id: int, reason: str) -> None:
+        effects = self.scheduler.cancel_job(job_id, reason, state="failed")
+        if effects:   # the scheduler had it: it ends it as any failed job
+            self._apply(effects)
+            return
+        self.jobs.pop(job_id, None)
+        await asyncio.to_thread(self.store.finish_owned, job_id, self.owner, "failed", reason)
+
+    def forget(self, job_id: int) -> None:
+        """Drop an ended job, so that a controller that runs for days does not keep them
+        all (the scheduler drops its own as they end)."""
+        run = self.jobs.get(job_id)
+        if run is not None and run.progress.state != "running":
+            del self.jobs[job_id]
+            self._call_sources.pop(job_id, None)
 
     def poke(self) -> None:
         """New jobs may be waiting for this pool: ask the intake now, not within a second."""
@@ -265,7 +293,7 @@ class Controller:
                 self._intake_due = True
             if intake is not None and self._intake_due:
                 self._intake_due = False
-                await self._take(await intake())
+                await self._take(await intake(), alone=True)
             wake = self.scheduler.next_wakeup()
             timeout = min(1.0, max(0.0, (wake or now + 1.0) - now), housekeeping - now)
             with contextlib.suppress(TimeoutError):

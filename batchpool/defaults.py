@@ -28,6 +28,9 @@ PROGRESS_LINE_INTERVAL = 5.0
 
 #: How often a controller refreshes `owner_seen` on the jobs it runs (seconds).
 OWNER_HEARTBEAT = 2.0
+#: How many times the controller service starts a controller for a job whose controller
+#: failed after its nodes were up; then the job fails with the controller's error.
+CONTROLLER_ATTEMPTS = 3
 #: How often `job wait` and `submit --wait` look at the job (one read of one row).
 WAIT_POLL = 0.02
 #: How often the controller service looks in the store for submitted jobs (seconds); a

@@ -38,8 +38,15 @@ def job_report(store: Store, job_id: int, failures: int = 50) -> dict[str, Any]:
 
 
 def per_node(store: Store, job_id: int) -> dict[str, list[dict[str, Any]]]:
-    """For each ``on_every_node`` group: one row per node, its task's state and result."""
-    spec = store.job(job_id).spec
+    """For each ``on_every_node`` group: one row per node, its task's state and result.
+
+    Nothing for a job whose stored spec cannot be read (written by another version): its
+    state and counts are still worth showing.
+    """
+    try:
+        spec = store.job(job_id).spec
+    except ValueError:  # pydantic's ValidationError
+        return {}
     groups = {g.id: g.pinned for g in spec.tasks if g.pinned is not None}
     if not groups:
         return {}

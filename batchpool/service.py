@@ -1,7 +1,7 @@
 """The controller service: runs the jobs queued with `batchpool submit`, pool by pool.
 
 One process, one asyncio loop. Every `poll` seconds, and at once when `batchpool submit`
-wakes it (SIGUSR1), it looks in the store for jobs to take: queued ones, and running
+wakes it (service_lock.py), it looks in the store for jobs to take: queued ones, and running
 ones whose controller has died (a killed `batchpool run` or an earlier service), which
 it adopts: their finished tasks are not run again. It claims them (an atomic update, so
 two services never run one job) and hands them to one Controller per pool. That
@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -64,8 +65,7 @@ class _PoolRun:
 
     controller: Controller
     task: asyncio.Task[dict[int, JobProgress]]
-    job_ids: list[int] = field(default_factory=list)
-    reported: set[int] = field(default_factory=set)
+    job_ids: list[int] = field(default_factory=list)   # handed to it and not yet ended
 
 
 class Service:
@@ -81,10 +81,12 @@ class Service:
         self.announce = announce
         self.owner = owner_id()
         self.runs: dict[str, _PoolRun] = {}
+        self._failures: Counter[int] = Counter()   # job id -> its controllers that failed
+        self._stranded: dict[str, set[int]] = {}   # pool -> its jobs to take again
         self._poked = asyncio.Event()
 
     def poke(self) -> None:
-        """A job was just submitted (`batchpool submit` sends SIGUSR1): look now."""
+        """A job was just submitted (`batchpool submit` woke the service): look now."""
         self._poked.set()
         for run in self.runs.values():
             run.controller.poke()
@@ -120,9 +122,15 @@ class Service:
                 await self._ended(name, run)
                 del self.runs[name]
         idle = [name for name in self.config.pools if name not in self.runs]
-        taken = await asyncio.to_thread(self._claim, idle, True)
+        again = {job_id for name in idle for job_id in self._stranded.pop(name, ())}
+        taken = await asyncio.to_thread(self._claim, idle, again, True)
         for name, job_ids in taken.items():
-            self._start(self.config.pools[name], job_ids)
+            try:
+                self._start(self.config.pools[name], job_ids)
+            except Exception as exc:  # try again on the next turn
+                log.exception("could not start a controller for pool %s", name)
+                self.announce(f"pool {name}: could not start a controller: {exc}")
+                self._stranded.setdefault(name, set()).update(job_ids)
 
     def _start(self, pool: PoolConfig, job_ids: list[int]) -> None:
         controller = Controller(self.store, pool, retry_policy=self.retry_policy)
@@ -135,60 +143,86 @@ class Service:
 
     async def _intake(self, pool: str) -> list[int]:
         """A running controller's new jobs: those queued for its pool since it started."""
+        run = self.runs.get(pool)
         try:
-            job_ids = (await asyncio.to_thread(self._claim, [pool], False)).get(pool, [])
+            job_ids = (await asyncio.to_thread(self._claim, [pool], set(), False)).get(pool, [])
         except Exception:  # the controller must not fail its jobs over it: next time
             log.exception("could not take new jobs for pool %s", pool)
             return []
-        run = self.runs.get(pool)
         if run is not None:
             run.job_ids.extend(job_ids)
         return job_ids
 
-    def _claim(self, pools: list[str], fail_strays: bool) -> dict[str, list[int]]:
-        """Claim the claimable jobs of `pools` (in order); with `fail_strays`, end the jobs
-        that no pool of the configuration can run."""
+    def _claim(self, pools: list[str], again: set[int],
+               fail_strays: bool) -> dict[str, list[int]]:
+        """Claim the claimable jobs of `pools`, in order; with `fail_strays`, end the jobs
+        that no pool of the configuration can run.
+
+        `again`: jobs this service already owns whose controller failed (see `_ended`);
+        those still running are taken first. Each job is dealt with on its own, so that
+        one that cannot be read does not hold up the rest.
+        """
         taken: dict[str, list[int]] = {}
-        now = time.time()
-        for job in claimable(self.store.unfinished_jobs(), self.owner, now):
-            if job.pool not in self.config.pools:
-                if fail_strays:
-                    self._finish(job, f"no pool named {job.pool!r} in the controller "
-                                      f"service's configuration (known pools: "
-                                      f"{self.config.known()})")
-                continue
-            if job.pool not in pools:
-                continue
-            if job.state == "running" and job.spec.executor_session:
-                self._finish(job, "its Executor process has gone (its calls lived there)")
-                continue
+        unfinished = self.store.unfinished_jobs()
+        retaken = [job for job in unfinished if job.id in again and job.state == "running"
+                   and job.owner == self.owner]
+        for job in retaken + claimable(unfinished, self.owner, time.time()):
             try:
-                self.store.claim(job.id, self.owner, owner_gone=owner_gone)
-            except StoreError as exc:   # another process got there first
-                log.info("job %s not taken: %s", job.id, exc)
-                continue
-            verb = "adopted" if job.state == "running" else "took"
-            self.announce(f"job {job.id} ({job.name}): {verb} for pool {job.pool}")
-            taken.setdefault(job.pool, []).append(job.id)
+                if self._take_one(job, pools, fail_strays):
+                    taken.setdefault(job.pool, []).append(job.id)
+            except Exception as exc:
+                log.exception("job %s not taken", job.id)
+                self.announce(f"job {job.id} ({job.name}): not taken: {exc}")
         return taken
+
+    def _take_one(self, job: JobRow, pools: list[str], fail_strays: bool) -> bool:
+        """Claim one job for a controller of `pools`; True if it is now this service's."""
+        if job.pool not in self.config.pools:
+            if fail_strays:
+                self._finish(job, f"no pool named {job.pool!r} in the controller service's "
+                                  f"configuration (known pools: {self.config.known()})")
+            return False
+        if job.pool not in pools:
+            return False
+        if job.owner == self.owner:   # its controller failed (see _ended): ours already
+            self.announce(f"job {job.id} ({job.name}): taken again for pool {job.pool}")
+            return True
+        if job.state == "running" and job.spec.executor_session:
+            self._finish(job, "its Executor process has gone (its calls lived there)")
+            return False
+        try:
+            self.store.claim(job.id, self.owner, owner_gone=owner_gone)
+        except StoreError as exc:   # another process got there first
+            log.info("job %s not taken: %s", job.id, exc)
+            return False
+        verb = "adopted" if job.state == "running" else "took"
+        self.announce(f"job {job.id} ({job.name}): {verb} for pool {job.pool}")
+        return True
 
     def _finish(self, job: JobRow, reason: str) -> None:
         if self.store.finish_unowned(job.id, "failed", reason, owner_gone=owner_gone):
             self.announce(f"job {job.id} ({job.name}): failed: {reason}")
 
     def _report(self, run: _PoolRun) -> None:
-        """Announce each job of `run` once, when it has ended."""
-        for job_id, job in run.controller.jobs.items():
+        """Announce each job of `run` once it has ended, and let its controller forget it."""
+        for job_id, job in list(run.controller.jobs.items()):
             progress = job.progress
-            if progress.state != "running" and job_id not in run.reported:
-                run.reported.add(job_id)
+            if progress.state != "running":
                 reason = f" ({progress.reason})" if progress.reason else ""
                 self.announce(f"job {job_id} ({progress.name}): {progress.state}{reason}: "
                               f"{progress.succeeded}/{progress.total} succeeded, "
                               f"{progress.failed} failed")
+                run.controller.forget(job_id)
+                run.job_ids.remove(job_id)
 
     async def _ended(self, pool: str, run: _PoolRun) -> None:
-        """A controller has returned: its pool is idle (or it failed, and so its jobs)."""
+        """A controller has returned: its pool is idle, or it failed.
+
+        As with `batchpool run`, a controller that failed before any node was set up
+        fails its jobs (nothing ran). Otherwise its unfinished jobs stay this service's
+        and are taken again by a new controller (see `_claim`), up to
+        CONTROLLER_ATTEMPTS times each: an error that comes back every time fails them.
+        """
         if run.task.cancelled():
             return
         error = run.task.exception()
@@ -200,9 +234,14 @@ class Service:
         log.error("controller of pool %s failed", pool, exc_info=error)
         self.announce(f"pool {pool}: controller failed: {reason}")
         for job_id in run.job_ids:
-            # only jobs still owned here and not ended are changed
+            self._failures[job_id] += 1
+            if run.controller.nodes and self._failures[job_id] < defaults.CONTROLLER_ATTEMPTS:
+                self._stranded.setdefault(pool, set()).add(job_id)   # for a new controller
+                continue
+            # only a job still owned here and not ended is changed
             await asyncio.to_thread(self.store.finish_owned, job_id, self.owner, "failed",
                                     f"controller failed: {reason}")
+            del self._failures[job_id]
 
 
 async def _first_of(*events: asyncio.Event, timeout: float) -> None:

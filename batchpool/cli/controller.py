@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from batchpool import defaults
@@ -28,7 +30,8 @@ def run_service(config_file: str | None, poll: float, retry_backoff: float) -> N
     their finished tasks are not run again. A pool's nodes come up with its first job
     and stay up for its `idle_timeout` after its last. One service per $BATCHPOOL_HOME;
     the configuration is read once, at start. On Ctrl-C or SIGTERM the nodes are shut
-    down and unfinished jobs stay `running`, for the next service to adopt.
+    down and unfinished jobs stay `running`, for the next service to adopt; a second
+    Ctrl-C stops without waiting for the nodes.
     """
     import asyncio
     import signal
@@ -37,7 +40,7 @@ def run_service(config_file: str | None, poll: float, retry_backoff: float) -> N
     from batchpool.config import load_config
     from batchpool.scheduler import RetryPolicy
     from batchpool.service import Service
-    from batchpool.service_lock import ServiceLock
+    from batchpool.service_lock import ServiceLock, drain, open_wake_channel
 
     config = load_config(config_file)
     store = open_store()
@@ -48,18 +51,33 @@ def run_service(config_file: str | None, poll: float, retry_backoff: float) -> N
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
         service = Service(store, config, poll=poll, announce=announce,
                           retry_policy=RetryPolicy(base=retry_backoff))
+
+        def stop_requested() -> None:
+            if stop.is_set() and main is not None:  # the second Ctrl-C: do not wait
+                main.cancel()
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, service.poke)  # from `batchpool submit`
+            loop.add_signal_handler(signum, stop_requested)
+        channel = open_wake_channel(store)   # `batchpool submit` wakes the service here
+        if channel is not None:
+            def woken() -> None:
+                drain(channel)
+                service.poke()
+
+            loop.add_reader(channel.fileno(), woken)
         announce(f"controller service (pid {service.owner}) on {store.path}; pools: "
-                 f"{config.known()}")
-        await service.run(stop)
+                 f"{config.known()}" + ("" if channel else f"; polling every {poll:g}s"))
+        try:
+            await service.run(stop)
+        finally:
+            if channel is not None:
+                loop.remove_reader(channel.fileno())
+                channel.close()
         announce("controller service stopped")
 
-    # until the loop handles it, a SIGUSR1 from `batchpool submit` must not end the service
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    with ServiceLock(store).held():
+    with ServiceLock(store).held(), contextlib.suppress(asyncio.CancelledError):
         asyncio.run(serve())
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)

@@ -39,7 +39,7 @@ def submit(spec: str, pool: str | None, config_file: str | None, wait: bool,
     """
     from batchpool.config import load_config
     from batchpool.runner import check_pool
-    from batchpool.service_lock import ServiceLock
+    from batchpool.service_lock import ServiceLock, wake_service
     from batchpool.spec import load_spec
 
     config = load_config(config_file)
@@ -48,7 +48,7 @@ def submit(spec: str, pool: str | None, config_file: str | None, wait: bool,
     check_pool(pool_config)
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()))
-    served = ServiceLock(store).poke()
+    served = wake_service(store) or ServiceLock(store).held_elsewhere()
     if as_json and not wait:
         emit_json({"id": job_id, "name": job_spec.name, "pool": pool_config.name,
                    "state": "queued", "service_running": served})

@@ -187,7 +187,8 @@ class Store:
         """The job once it has ended, or as it is after `timeout` seconds.
 
         One connection for the whole wait, so that each look is a single cheap read and
-        `interval` can be short: a waiting `submit --wait` sees the end within ~20 ms.
+        `interval` can be short: a waiting `submit --wait` sees the end ~20 ms after the
+        controller's writer has committed it (it commits every STORE_FLUSH_INTERVAL).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,17 +83,50 @@ def test_submit_wakes_the_service_and_can_wait_for_the_job(bp: Batchpool,
                                                            tmp_path: Path) -> None:
     spec = write(tmp_path / "job.toml", 'name = "quick"\n[[tasks]]\nid = "a"\n'
                                         'command = "echo hi"\n')
-    # polling every 60 s, the service only sees these jobs at once because it is woken
+    # polling every 60 s, and its pool's controller looking once a second, the service
+    # takes these jobs at once only because `submit` wakes it
     with service(bp, "--poll", "60") as process:
         first = bp("submit", str(spec), "--wait", timeout=30)
         assert first.returncode == 0, first.stderr
         assert first.stdout.splitlines() == ["1", "job 1: succeeded"]
-        second = bp.json("submit", str(spec), "--wait", timeout=30)   # the pool is up now
-        assert second["state"] == "succeeded" and second["succeeded"] == 1
+        for _ in range(3):   # the pool is up now: its controller is woken
+            later = bp.json("submit", str(spec), "--wait", timeout=30)
+            assert later["state"] == "succeeded" and later["succeeded"] == 1
         terminate(process)
     store = Store(bp.home / "batchpool.db")
-    for job in (store.job(1), store.job(2)):
-        assert job.started is not None and job.started - job.submitted < 0.5, job
+    waits = [job.started - job.submitted for job in map(store.job, range(1, 5))
+             if job.started is not None]
+    assert len(waits) == 4 and max(waits) < 0.25, waits
+
+
+def test_a_job_that_cannot_be_started_fails_alone(bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "job.toml", 'name = "fine"\n[[tasks]]\nid = "a"\n'
+                                        'array = "0-3"\ncommand = "true"\n')
+    good, bad = submit(bp, spec), submit(bp, spec)
+    with sqlite3.connect(bp.home / "batchpool.db") as db:   # as if written by a future version
+        db.execute("UPDATE jobs SET spec='{\"name\": 1}' WHERE id=?", (bad,))
+    with service(bp) as process:
+        assert bp("job", "wait", str(good), "--timeout", "60").returncode == 0
+        assert bp("job", "wait", str(bad), "--timeout", "60").returncode == 1
+        terminate(process)
+    shown = bp.json("job", "show", str(bad))
+    assert shown["state"] == "failed" and shown["reason"].startswith("could not start"), shown
+
+
+def test_cancel_reaches_a_job_the_service_runs(bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "job.toml", 'name = "long"\n[[tasks]]\nid = "nap"\n'
+                                        'array = "0-5"\ncommand = "sleep 60"\n')
+    job = submit(bp, spec)
+    store = Store(bp.home / "batchpool.db")
+    with service(bp) as process:
+        wait_for(lambda: store.tasks(job, states=("running",)), what="a task to start")
+        assert bp("job", "cancel", str(job)).returncode == 0
+        started = time.monotonic()
+        assert bp("job", "wait", str(job), "--timeout", "30").returncode == 1
+        assert time.monotonic() - started < 15
+        terminate(process)
+    shown = bp.json("job", "show", str(job))
+    assert shown["state"] == "cancelled" and shown["running"] == 0, shown
 
 
 def test_a_crashed_service_s_job_is_adopted_without_rerunning_finished_tasks(

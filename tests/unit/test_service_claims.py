@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from batchpool import defaults
 from batchpool.config import Config, PoolConfig, local_pool
 from batchpool.errors import BatchpoolError, NotFound
-from batchpool.service import Service, claimable
-from batchpool.service_lock import ServiceLock
+from batchpool.service import Service, _PoolRun, claimable
+from batchpool.service_lock import ServiceLock, drain, open_wake_channel, wake_service
 from batchpool.spec import JobSpec
 from batchpool.spec.model import EXECUTOR_CALL
 from batchpool.store import JobRow, Store
@@ -73,21 +76,21 @@ def test_claims_jobs_of_idle_pools_and_fails_the_ones_no_pool_can_run(tmp_path: 
                            owner=dead_owner)
     announced: list[str] = []
     service = _service(store, announced)
-    assert service._claim(["local"], fail_strays=True) == {"local": [queued, orphan]}
+    assert service._claim(["local"], set(), fail_strays=True) == {"local": [queued, orphan]}
     assert store.job(queued).owner == service.owner == store.job(orphan).owner
     assert store.job(stray).state == "failed"
     assert "no pool named 'gone-pool'" in (store.job(stray).reason or "")
     assert store.job(session).state == "failed"
     assert "Executor process has gone" in (store.job(session).reason or "")
     assert any("adopted" in line and f"job {orphan}" in line for line in announced)
-    assert service._claim(["local"], fail_strays=True) == {}   # nothing is taken twice
+    assert service._claim(["local"], set(), fail_strays=True) == {}   # nothing is taken twice
 
 
 def test_a_busy_pool_leaves_its_jobs_to_its_controller(tmp_path: Path) -> None:
     store = Store(tmp_path / "batchpool.db")
     job = store.submit(_spec("later"), "local")
     service = _service(store, [])
-    assert service._claim([], fail_strays=True) == {}
+    assert service._claim([], set(), fail_strays=True) == {}
     assert store.job(job).state == "queued"
 
 
@@ -96,12 +99,34 @@ def test_one_service_per_store(tmp_path: Path) -> None:
     first, second = ServiceLock(store), ServiceLock(store)
     assert not second.held_elsewhere()
     with first.held():
+        assert first.path.read_text() == str(os.getpid())
         assert second.held_elsewhere()
         with pytest.raises(BatchpoolError, match=f"pid {os.getpid()}"):
             second.acquire()
+    assert first.path.read_text() == ""   # no stale pid left behind
     assert not second.held_elsewhere()
-    second.acquire()
-    second.release()
+    with first.path.open() as probe:   # another process's probe, caught mid-way
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        assert not second.held_elsewhere()   # probes do not see each other as services
+
+
+def test_submit_wakes_the_service_through_its_channel(tmp_path: Path) -> None:
+    store = Store(tmp_path / "batchpool.db")
+    other = Store(tmp_path / "other" / "batchpool.db")
+    assert not wake_service(store)   # nobody listens
+    channel = open_wake_channel(store)
+    assert channel is not None
+    try:
+        assert open_wake_channel(store) is None   # one listener per store
+        assert wake_service(store) and wake_service(store)
+        assert not wake_service(other)   # another store's service is not this one
+        assert channel.recv(64) == b"w"
+        drain(channel)
+        with pytest.raises(BlockingIOError):
+            channel.recv(64)
+    finally:
+        channel.close()
+    assert not wake_service(store)
 
 
 def test_a_controller_that_fails_fails_its_jobs(tmp_path: Path) -> None:
@@ -138,3 +163,31 @@ def test_store_wait_returns_at_the_end_or_after_the_timeout(tmp_path: Path) -> N
     assert ended.state == "cancelled" and ended.reason == "enough"
     with pytest.raises(NotFound):
         store.wait(job + 1)
+
+
+def test_jobs_of_a_controller_that_failed_mid_run_are_retaken_then_failed(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "batchpool.db")
+    announced: list[str] = []
+    service = _service(store, announced)
+    job = store.submit(_spec("unlucky"), "local", state="running", owner=service.owner)
+
+    async def controller_fails() -> None:
+        async def bug() -> None:
+            raise RuntimeError("a bug")
+
+        task = asyncio.create_task(bug())
+        await asyncio.wait([task])
+        up = SimpleNamespace(nodes={"local": object()}, jobs={})  # it had set a node up
+        await service._ended("local", _PoolRun(up, task, [job]))  # type: ignore[arg-type]
+
+    for attempt in range(1, defaults.CONTROLLER_ATTEMPTS):
+        asyncio.run(controller_fails())
+        assert store.job(job).state == "running"
+        again = service._stranded.pop("local")
+        assert service._claim(["local"], again, fail_strays=True) == {"local": [job]}
+        assert sum("taken again" in line for line in announced) == attempt
+    asyncio.run(controller_fails())
+    assert store.job(job).state == "failed"
+    assert store.job(job).reason == "controller failed: RuntimeError: a bug"
+    assert "local" not in service._stranded
