@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from batchpool import defaults
 from batchpool.config import Config, PoolConfig
 from batchpool.controller import Controller, owner_gone, owner_id
-from batchpool.errors import BatchpoolError, StoreError
+from batchpool.errors import BatchpoolError, NotFound, StoreError
 from batchpool.progress import JobProgress
 from batchpool.scheduler import RetryPolicy
+from batchpool.schedules import on_turn
 from batchpool.store import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Service:
             if run.task.done():
                 await self._ended(name, run)
                 del self.runs[name]
+        await asyncio.to_thread(self._fire_schedules)
         idle = [name for name in self.config.pools if name not in self.runs]
         again = {job_id for name in idle for job_id in self._stranded.pop(name, ())}
         taken = await asyncio.to_thread(self._claim, idle, again, True)
@@ -198,6 +200,32 @@ class Service:
         verb = "adopted" if job.state == "running" else "took"
         self.announce(f"job {job.id} ({job.name}): {verb} for pool {job.pool}")
         return True
+
+    def _fire_schedules(self) -> None:
+        """Submit the jobs of the schedules that are due (schedules.py decides)."""
+        now = time.time()
+        for schedule in self.store.schedules():
+            try:
+                previous = self.store.job(schedule.last_job) if schedule.last_job else None
+            except NotFound:
+                previous = None
+            try:
+                fire = on_turn(schedule.cron, schedule.tz, schedule.overlap, schedule.next_run,
+                               schedule.pending, previous is not None and not previous.terminal,
+                               now)
+                if fire is None:
+                    continue
+                if fire.submit:
+                    job_id = self.store.fire_schedule(schedule.name, fire.next_run)
+                    self.announce(f"schedule {schedule.name}: submitted job {job_id}")
+                else:
+                    self.store.move_schedule(schedule.name, fire.next_run, fire.pending)
+                    if fire.note:
+                        self.announce(f"schedule {schedule.name}: {fire.note} "
+                                      f"(job {schedule.last_job})")
+            except Exception as exc:   # one broken schedule must not stop the others
+                log.exception("schedule %s", schedule.name)
+                self.announce(f"schedule {schedule.name}: could not fire: {exc}")
 
     def _finish(self, job: JobRow, reason: str) -> None:
         if self.store.finish_unowned(job.id, "failed", reason, owner_gone=owner_gone):

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,25 @@ def stop(process: subprocess.Popen[str]) -> None:
     for stream in (process.stdout, process.stderr):
         if stream:
             stream.close()
+
+
+@contextmanager
+def service(bp: Batchpool, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A running `batchpool controller run`, killed with its group at the end."""
+    process = bp.spawn("controller", "run", "--poll", "0.2", "--retry-backoff", "0.1", *args)
+    lock = bp.home / "batchpool.db.controller.lock"
+    try:
+        wait_for(lambda: (lock.exists() and lock.read_text().strip() == str(process.pid))
+                 or process.poll() is not None, what="the service to start")
+        assert process.poll() is None, process.communicate()
+        yield process
+    finally:
+        stop(process)
+
+
+def terminate(process: subprocess.Popen[str]) -> str:
+    """SIGTERM the service, wait for it to exit 0; returns what it printed."""
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    return err

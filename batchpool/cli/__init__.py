@@ -20,6 +20,7 @@ COMMANDS = {
     "node": ("batchpool.cli.pool", "node"),
     "dev-cluster": ("batchpool.cli.devcluster", "dev_cluster"),
     "controller": ("batchpool.cli.controller", "controller"),
+    "schedule": ("batchpool.cli.schedule", "schedule"),
 }
 
 

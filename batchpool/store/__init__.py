@@ -5,10 +5,11 @@ from batchpool.store.store import (
     AttemptRow,
     GroupRow,
     JobRow,
+    ScheduleRow,
     Store,
     TaskRow,
 )
 from batchpool.store.writer import StoreWriter
 
-__all__ = ["TERMINAL_JOB_STATES", "AttemptRow", "GroupRow", "JobRow", "Store", "StoreWriter",
-           "TaskRow"]
+__all__ = ["TERMINAL_JOB_STATES", "AttemptRow", "GroupRow", "JobRow", "ScheduleRow", "Store",
+           "StoreWriter", "TaskRow"]

@@ -106,4 +106,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE attempts ADD COLUMN result TEXT;
     """,
+    # 3: job schedules (cron), fired by the controller service
+    """
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,
+        cron        TEXT NOT NULL,
+        tz          TEXT NOT NULL,
+        overlap     TEXT NOT NULL,            -- skip | queue | allow
+        pool        TEXT NOT NULL,
+        spec        TEXT NOT NULL,            -- the validated spec (JSON), as added
+        spec_file   TEXT,
+        created     REAL NOT NULL,
+        next_run    REAL NOT NULL,
+        pending     INTEGER NOT NULL DEFAULT 0,
+        last_job    INTEGER
+    );
+    """,
 )

@@ -106,6 +106,28 @@ class AttemptRow:
     result: str | None = None    # a Python call's JSON return value
 
 
+@dataclass(frozen=True)
+class ScheduleRow:
+    """A job schedule: when it fires (schedules.py decides) and the job it submits."""
+
+    name: str
+    cron: str
+    tz: str
+    overlap: str          # skip | queue | allow (schedules.OVERLAPS)
+    pool: str
+    spec: str             # the validated spec, as JSON: a snapshot taken when added
+    spec_file: str | None
+    created: float
+    next_run: float
+    pending: bool         # a fire waits for the last job to end (overlap = queue)
+    last_job: int | None
+
+
+_SCHEDULE_FIELDS = ("name", "cron", "tz", "overlap", "pool", "spec", "spec_file", "created",
+                    "next_run", "pending", "last_job")
+_SCHEDULE_COLUMNS = ", ".join(_SCHEDULE_FIELDS)
+
+
 class Store:
     """A handle on the store file. Cheap to create; opens connections on demand."""
 
@@ -146,23 +168,9 @@ class Store:
     def submit(self, spec: JobSpec, pool: str, spec_file: str | None = None,
                state: str = "queued", owner: str | None = None) -> int:
         """Record a job and its groups in one transaction; returns the job id."""
-        now = time.time()
         with self.reading() as db, db:
-            cur = db.execute(
-                "INSERT INTO jobs (name, pool, spec, spec_file, priority, state, submitted,"
-                " started, owner, owner_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (spec.name, pool, spec.model_dump_json(), spec_file, spec.priority, state, now,
-                 now if state == "running" else None, owner, now if owner else None),
-            )
-            job_id = cur.lastrowid
-            assert job_id is not None
-            db.executemany(
-                "INSERT INTO groups (job_id, group_id, ordinal, size) VALUES (?,?,?,?)",
-                [(job_id, g.id, i, g.size) for i, g in enumerate(spec.tasks)],
-            )
-            db.execute("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
-                       (now, job_id, "submitted", json.dumps({"pool": pool})))
-        return job_id
+            return _insert_job(db, spec, pool, spec_file, state, owner, time.time(),
+                               {"pool": pool})
 
     def job(self, job_id: int) -> JobRow:
         with self.reading() as db:
@@ -201,6 +209,57 @@ class Store:
                 if job.terminal or (deadline is not None and time.monotonic() >= deadline):
                     return job
                 time.sleep(interval)
+
+    # -- schedules -------------------------------------------------------------------
+    def add_schedule(self, schedule: ScheduleRow) -> None:
+        """Record a new schedule; StoreError if one has its name."""
+        try:
+            with self.reading() as db, db:
+                db.execute(f"INSERT INTO schedules ({_SCHEDULE_COLUMNS}) VALUES "
+                           f"({','.join('?' * len(_SCHEDULE_FIELDS))})",
+                           [getattr(schedule, name) for name in _SCHEDULE_FIELDS])
+        except sqlite3.IntegrityError:
+            raise StoreError(f"a schedule named {schedule.name!r} exists; remove it first "
+                             f"(batchpool schedule remove {schedule.name})") from None
+
+    def schedules(self) -> list[ScheduleRow]:
+        with self.reading() as db:
+            return [_schedule_row(row) for row in db.execute(
+                f"SELECT {_SCHEDULE_COLUMNS} FROM schedules ORDER BY name")]
+
+    def schedule(self, name: str) -> ScheduleRow:
+        with self.reading() as db:
+            row = db.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM schedules WHERE name=?",
+                             (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no schedule named {name!r}")
+        return _schedule_row(row)
+
+    def remove_schedule(self, name: str) -> None:
+        with self.reading() as db, db:
+            if db.execute("DELETE FROM schedules WHERE name=?", (name,)).rowcount != 1:
+                raise NotFound(f"no schedule named {name!r}")
+
+    def fire_schedule(self, name: str, next_run: float | None = None) -> int:
+        """Submit the schedule's job and note it as its last, in one transaction (so that
+        a crash cannot submit a fire twice); with `next_run`, also move its next fire.
+        Returns the job id."""
+        schedule = self.schedule(name)
+        now = time.time()
+        with self.reading() as db, db:
+            job_id = _insert_job(db, JobSpec.model_validate_json(schedule.spec),
+                                 schedule.pool, schedule.spec_file, "queued", None, now,
+                                 {"pool": schedule.pool, "schedule": name})
+            db.execute("UPDATE schedules SET last_job=?, pending=0,"
+                       " next_run=COALESCE(?, next_run) WHERE name=?",
+                       (job_id, next_run, name))
+        return job_id
+
+    def move_schedule(self, name: str, next_run: float, pending: bool) -> None:
+        """A fire that submitted nothing: its next time, and whether one waits."""
+        with self.reading() as db, db:
+            db.execute("UPDATE schedules SET next_run=?, pending=? WHERE name=?",
+                       (next_run, int(pending), name))
 
     def unfinished_jobs(self) -> list[JobRow]:
         """Every queued or running job, oldest first: what a controller service looks at."""
@@ -377,6 +436,30 @@ _TASK_COLUMNS = ("job_id, task_id, group_id, position, state, attempts, lost, ex
                  " signal, reason, node, started, finished")
 _ATTEMPT_COLUMNS = ("job_id, task_id, attempt, node, state, started, finished, exit_code,"
                     " signal, cpu, dir, outputs, reason, result")
+
+
+def _insert_job(db: sqlite3.Connection, spec: JobSpec, pool: str, spec_file: str | None,
+                state: str, owner: str | None, now: float, detail: dict[str, Any]) -> int:
+    """The rows of a new job, in the caller's transaction; its id."""
+    cur = db.execute(
+        "INSERT INTO jobs (name, pool, spec, spec_file, priority, state, submitted,"
+        " started, owner, owner_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (spec.name, pool, spec.model_dump_json(), spec_file, spec.priority, state, now,
+         now if state == "running" else None, owner, now if owner else None),
+    )
+    job_id = cur.lastrowid
+    assert job_id is not None
+    db.executemany("INSERT INTO groups (job_id, group_id, ordinal, size) VALUES (?,?,?,?)",
+                   [(job_id, g.id, i, g.size) for i, g in enumerate(spec.tasks)])
+    db.execute("INSERT INTO events (time, job_id, kind, detail) VALUES (?,?,?,?)",
+               (now, job_id, "submitted", json.dumps(detail)))
+    return job_id
+
+
+def _schedule_row(row: tuple[Any, ...]) -> ScheduleRow:
+    values = list(row)
+    values[9] = bool(values[9])
+    return ScheduleRow(*values)
 
 
 def _job_row(row: tuple[Any, ...]) -> JobRow:

@@ -10,39 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, stop, wait_for, write
+from helpers import Batchpool, service, terminate, wait_for, write
 
 from batchpool.devcluster import DevCluster, to_toml
 from batchpool.store import Store
-
-
-@contextmanager
-def service(bp: Batchpool, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """A running `batchpool controller run`, killed with its group at the end."""
-    process = bp.spawn("controller", "run", "--poll", "0.2", "--retry-backoff", "0.1", *args)
-    lock = bp.home / "batchpool.db.controller.lock"
-    try:
-        wait_for(lambda: (lock.exists() and lock.read_text().strip() == str(process.pid))
-                 or process.poll() is not None, what="the service to start")
-        assert process.poll() is None, process.communicate()
-        yield process
-    finally:
-        stop(process)
-
-
-def terminate(process: subprocess.Popen[str]) -> str:
-    """SIGTERM the service, wait for it to exit 0; returns what it printed."""
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    return err
 
 
 def submit(bp: Batchpool, spec: Path, *args: str) -> int:
