@@ -4,7 +4,7 @@ Pure decisions, no I/O: when a schedule fires next, and whether a fire submits a
 given the schedule's previous job. The controller service applies them every turn.
 Cron expressions are read by croniter (well kept, DST-aware with zoneinfo zones): the
 standard five fields, minute hour day-of-month month day-of-week, in the schedule's
-time zone.
+time zone. When both day fields are restricted, a day matching either one fires.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from batchpool.errors import BatchpoolError
 
@@ -39,7 +39,12 @@ def check_cron(expression: str) -> str:
     normalised = " ".join(fields)
     if not croniter.is_valid(normalised):
         raise ScheduleError(f"cron expression {expression!r} is not valid (fields: minute "
-                            "0-59, hour 0-23, day 1-31, month 1-12, day-of-week 0-6)")
+                            "0-59, hour 0-23, day 1-31, month 1-12 or jan-dec, day-of-week "
+                            "0-7 or sun-sat)")
+    try:   # valid fields can still name a date that never comes: 31 February
+        next_fire(normalised, "UTC", datetime.now().timestamp())
+    except CroniterError:
+        raise ScheduleError(f"cron expression {expression!r} never matches a date") from None
     return normalised
 
 
@@ -71,10 +76,16 @@ def local_zone() -> str:
 
 def next_fire(expression: str, zone: str, after: float) -> float:
     """The first time strictly after `after` (a Unix time) that the expression matches in
-    `zone`. A wall-clock time that a DST change skips fires when the clock resumes."""
+    `zone`. A wall-clock time that a DST change skips fires when the clock resumes; one
+    that it repeats (clocks going back) fires once, at its first occurrence."""
     start = datetime.fromtimestamp(after, check_zone(zone))
-    following: datetime = croniter(expression, start).get_next(datetime)
-    return following.timestamp()
+    times = croniter(expression, start)
+    while True:
+        following: datetime = times.get_next(datetime)
+        # the second 02:30 of the night clocks go back: that wall-clock time has fired
+        if following.fold == 1 and following.replace(fold=0).timestamp() <= after:
+            continue
+        return following.timestamp()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from batchpool.errors import BatchpoolError, NotFound, StoreError
 from batchpool.progress import JobProgress
 from batchpool.scheduler import RetryPolicy
 from batchpool.schedules import on_turn
-from batchpool.store import JobRow, Store
+from batchpool.store import JobRow, ScheduleRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Service:
         self.runs: dict[str, _PoolRun] = {}
         self._failures: Counter[int] = Counter()   # job id -> its controllers that failed
         self._stranded: dict[str, set[int]] = {}   # pool -> its jobs to take again
+        self._unfired: set[str] = set()   # schedules whose pool this service lacks (told)
         self._poked = asyncio.Event()
 
     def poke(self) -> None:
@@ -206,26 +207,37 @@ class Service:
         now = time.time()
         for schedule in self.store.schedules():
             try:
-                previous = self.store.job(schedule.last_job) if schedule.last_job else None
-            except NotFound:
-                previous = None
-            try:
-                fire = on_turn(schedule.cron, schedule.tz, schedule.overlap, schedule.next_run,
-                               schedule.pending, previous is not None and not previous.terminal,
-                               now)
-                if fire is None:
-                    continue
-                if fire.submit:
-                    job_id = self.store.fire_schedule(schedule.name, fire.next_run)
-                    self.announce(f"schedule {schedule.name}: submitted job {job_id}")
-                else:
-                    self.store.move_schedule(schedule.name, fire.next_run, fire.pending)
-                    if fire.note:
-                        self.announce(f"schedule {schedule.name}: {fire.note} "
-                                      f"(job {schedule.last_job})")
+                self._fire(schedule, now)
             except Exception as exc:   # one broken schedule must not stop the others
                 log.exception("schedule %s", schedule.name)
                 self.announce(f"schedule {schedule.name}: could not fire: {exc}")
+
+    def _fire(self, schedule: ScheduleRow, now: float) -> None:
+        if schedule.pool not in self.config.pools:   # left for a service that has it
+            if schedule.name not in self._unfired:
+                self._unfired.add(schedule.name)
+                self.announce(f"schedule {schedule.name}: not fired here: no pool named "
+                              f"{schedule.pool!r} in this service's configuration")
+            return
+        try:
+            previous = self.store.job(schedule.last_job) if schedule.last_job else None
+        except NotFound:
+            previous = None
+        fire = on_turn(schedule.cron, schedule.tz, schedule.overlap, schedule.next_run,
+                       schedule.pending, previous is not None and not previous.terminal, now)
+        if fire is None:
+            return
+        if fire.submit:
+            job_id = self.store.fire_schedule(schedule.name, fire.next_run,
+                                              if_last=(schedule.last_job,))
+            if job_id is not None:
+                self.announce(f"schedule {schedule.name}: submitted job {job_id}")
+            return
+        if (fire.next_run, fire.pending) != (schedule.next_run, schedule.pending):
+            self.store.move_schedule(schedule.name, fire.next_run, fire.pending,
+                                     if_last=(schedule.last_job,))
+        if fire.note:
+            self.announce(f"schedule {schedule.name}: {fire.note} (job {schedule.last_job})")
 
     def _finish(self, job: JobRow, reason: str) -> None:
         if self.store.finish_unowned(job.id, "failed", reason, owner_gone=owner_gone):

@@ -240,26 +240,43 @@ class Store:
             if db.execute("DELETE FROM schedules WHERE name=?", (name,)).rowcount != 1:
                 raise NotFound(f"no schedule named {name!r}")
 
-    def fire_schedule(self, name: str, next_run: float | None = None) -> int:
+    def fire_schedule(self, name: str, next_run: float | None = None,
+                      if_last: tuple[int | None] | None = None) -> int | None:
         """Submit the schedule's job and note it as its last, in one transaction (so that
         a crash cannot submit a fire twice); with `next_run`, also move its next fire.
-        Returns the job id."""
+
+        With `if_last`, only while the schedule's last job is still `if_last[0]` (the
+        service decided from that; `schedule run` or `remove` may have come since):
+        None, and nothing written, otherwise. Returns the job id.
+        """
         schedule = self.schedule(name)
         now = time.time()
         with self.reading() as db, db:
             job_id = _insert_job(db, JobSpec.model_validate_json(schedule.spec),
                                  schedule.pool, schedule.spec_file, "queued", None, now,
                                  {"pool": schedule.pool, "schedule": name})
-            db.execute("UPDATE schedules SET last_job=?, pending=0,"
-                       " next_run=COALESCE(?, next_run) WHERE name=?",
-                       (job_id, next_run, name))
+            query = ("UPDATE schedules SET last_job=?, pending=0,"
+                     " next_run=COALESCE(?, next_run) WHERE name=?")
+            params: list[Any] = [job_id, next_run, name]
+            if if_last is not None:
+                query += " AND last_job IS ?"
+                params.append(if_last[0])
+            if db.execute(query, params).rowcount != 1:
+                db.rollback()
+                return None
         return job_id
 
-    def move_schedule(self, name: str, next_run: float, pending: bool) -> None:
-        """A fire that submitted nothing: its next time, and whether one waits."""
+    def move_schedule(self, name: str, next_run: float, pending: bool,
+                      if_last: tuple[int | None] | None = None) -> None:
+        """A fire that submitted nothing: its next time, and whether one waits (with
+        `if_last`, only while the last job is still that one)."""
+        query = "UPDATE schedules SET next_run=?, pending=? WHERE name=?"
+        params: list[Any] = [next_run, int(pending), name]
+        if if_last is not None:
+            query += " AND last_job IS ?"
+            params.append(if_last[0])
         with self.reading() as db, db:
-            db.execute("UPDATE schedules SET next_run=?, pending=? WHERE name=?",
-                       (next_run, int(pending), name))
+            db.execute(query, params)
 
     def unfinished_jobs(self) -> list[JobRow]:
         """Every queued or running job, oldest first: what a controller service looks at."""

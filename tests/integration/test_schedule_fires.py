@@ -69,3 +69,21 @@ def test_overlap_skip_leaves_out_a_fire_while_the_last_job_runs(bp: Batchpool,
         bp("job", "cancel", str(first), check=True)
         log = terminate(process)
     assert "schedule slow: skipped: the previous job is still running" in log
+
+
+def test_schedule_add_refuses_bad_input_with_status_2(bp: Batchpool, tmp_path: Path) -> None:
+    spec = write(tmp_path / "job.toml", 'name = "x"\n[[tasks]]\nid = "a"\ncommand = "true"\n')
+    for args, message in (
+            (("--cron", "0 2 * *"), "has 4 field(s)"),
+            (("--cron", "0 0 31 2 *"), "never matches a date"),
+            (("--cron", "0 2 * * *", "--tz", "Mars/Olympus"), "unknown time zone"),
+            (("--cron", "0 2 * * *", "--pool", "nowhere"), "no pool named 'nowhere'")):
+        result = bp("schedule", "add", "nightly", *args, "--spec", str(spec))
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    bp("schedule", "add", "nightly", "--cron", "0 2 * * *", "--spec", str(spec), check=True)
+    again = bp("schedule", "add", "nightly", "--cron", "0 3 * * *", "--spec", str(spec))
+    assert again.returncode == 2 and "exists; remove it first" in again.stderr
+    assert bp("schedule", "run", "nope").returncode == 2
+    assert bp("schedule", "remove", "nightly").returncode == 0
+    assert bp("schedule", "remove", "nightly").returncode == 2
+    assert bp.json("schedule", "list") == []
