@@ -12,7 +12,7 @@ from batchpool.cli.common import config_option, handle_errors, open_store, retry
 
 @click.group()
 def controller() -> None:
-    """The controller service, which runs the jobs queued with `batchpool submit`."""
+    """The controller service: runs submitted jobs and fires the schedules."""
 
 
 @controller.command("run")
@@ -27,8 +27,9 @@ def run_service(config_file: str | None, poll: float, retry_backoff: float) -> N
 
     It runs every job queued with `batchpool submit` on its pool, highest priority
     first, and adopts jobs whose controller died (a killed `batchpool run` or service):
-    their finished tasks are not run again. A pool's nodes come up with its first job
-    and stay up for its `idle_timeout` after its last. One service per $BATCHPOOL_HOME;
+    their finished tasks are not run again. It fires the schedules (`batchpool
+    schedule`) within --poll seconds of their time. A pool's nodes come up with its
+    first job and stay up for its `idle_timeout` after its last. One service per $BATCHPOOL_HOME;
     the configuration is read once, at start. On Ctrl-C or SIGTERM the nodes are shut
     down and unfinished jobs stay `running`, for the next service to adopt; a second
     Ctrl-C stops without waiting for the nodes.
