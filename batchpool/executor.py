@@ -32,7 +32,7 @@ from batchpool import paths
 from batchpool.config import load_config
 from batchpool.controller import Controller, owner_id
 from batchpool.errors import BatchpoolError
-from batchpool.runner import check_pool
+from batchpool.pool.providers import check_pool
 from batchpool.scheduler import Outcome
 from batchpool.spec import JobSpec
 from batchpool.spec.model import EXECUTOR_CALL

@@ -8,13 +8,11 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from batchpool.config import PoolConfig, config_error
+from batchpool.config import PoolConfig
 from batchpool.controller import Controller, owner_id
-from batchpool.errors import BatchpoolError, ConfigError
-from batchpool.pool.providers import parse_host, plan_pool
+from batchpool.errors import BatchpoolError
 from batchpool.progress import JobProgress
 from batchpool.scheduler import RetryPolicy
-from batchpool.spec.locate import FieldPath
 from batchpool.store import Store
 
 if TYPE_CHECKING:
@@ -27,26 +25,6 @@ log = logging.getLogger(__name__)
 DISPLAY_AFTER = 0.2
 
 DisplayFactory = Callable[[JobProgress], "LiveDisplay | None"]
-
-
-def check_pool(pool: PoolConfig) -> None:
-    """Plan `pool` as the controller will, so that a pool that cannot work is refused
-    before a job is recorded (or claimed) rather than after.
-
-    Raises ConfigError pointing at the pool in its config file.
-    """
-    where: FieldPath = ("pools", pool.name)
-    if pool.provider == "static":
-        where = (*where, "hosts")
-        for position, host in enumerate(pool.hosts):
-            try:
-                parse_host(host)
-            except ConfigError as exc:
-                raise config_error(pool.source, (*where, position), exc.message) from None
-    try:
-        plan_pool(pool)
-    except ConfigError as exc:
-        raise config_error(pool.source, where, exc.message) from None
 
 
 async def run_jobs(store: Store, pool: PoolConfig, job_ids: list[int],

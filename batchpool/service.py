@@ -62,11 +62,11 @@ def claimable(jobs: Iterable[JobRow], me: str, now: float,
 
 @dataclass
 class _PoolRun:
-    """One pool's controller while it runs, and every job handed to it."""
+    """One pool's controller while it runs, and the jobs handed to it that have not ended."""
 
     controller: Controller
     task: asyncio.Task[dict[int, JobProgress]]
-    job_ids: list[int] = field(default_factory=list)   # handed to it and not yet ended
+    job_ids: list[int] = field(default_factory=list)
 
 
 class Service:
@@ -254,6 +254,7 @@ class Service:
                               f"{progress.failed} failed")
                 run.controller.forget(job_id)
                 run.job_ids.remove(job_id)
+                self._failures.pop(job_id, None)
 
     async def _ended(self, pool: str, run: _PoolRun) -> None:
         """A controller has returned: its pool is idle, or it failed.

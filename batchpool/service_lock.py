@@ -114,12 +114,13 @@ def drain(channel: socket.socket) -> None:
 
 
 def wake_service(store: Store) -> bool:
-    """Tell the store's service to look for jobs now; False if no service listens."""
+    """Tell the store's service to look for jobs now; whether a service runs. Where no
+    service listens (none runs, or it polls: no abstract namespace), the lock says."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         try:
             sender.sendto(b"w", wake_address(store))
         except BlockingIOError:  # its queue is full of wake-ups already
             return True
-        except OSError:          # nobody bound to it (or no abstract namespace here)
-            return False
+        except OSError:          # nobody bound to it
+            return ServiceLock(store).held_elsewhere()
     return True

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchpool.devcluster import DevCluster, to_toml
+
 
 @dataclass
 class Batchpool:
@@ -102,3 +104,11 @@ def terminate(process: subprocess.Popen[str]) -> str:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     return err
+
+
+def dev_pool_config(cluster: DevCluster, tmp_path: Path, **settings: object) -> Path:
+    """A batchpool.toml whose pool "dev" is the cluster's nodes, working under tmp_path."""
+    table = {**cluster.pool_config(), "workdir": str(tmp_path / "nodes" / "{node}"),
+             **settings}
+    return write(tmp_path / "batchpool.toml", to_toml({"default_pool": "dev"},
+                                                      {"pools.dev": table}))

@@ -18,6 +18,8 @@ from batchpool.errors import BatchpoolError, LocatedError
 if TYPE_CHECKING:  # imported where used: `batchpool run` starts its agent before them
     from rich.console import Console
 
+    from batchpool.config import PoolConfig
+    from batchpool.spec import JobSpec
     from batchpool.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,3 +111,32 @@ def wait_and_report(store: Store, job_id: int, timeout: float | None, as_json: b
         click.echo(f"job {job_id}: {report['state']}"
                    + (f" ({report['reason']})" if report["reason"] else ""))
     return 0 if report["state"] == "succeeded" else EXIT_FAILED
+
+
+def checked_job(spec: str, pool: str | None, config_file: str | None,
+                ) -> tuple[JobSpec, PoolConfig]:
+    """The spec at `spec` and the pool it is to run on, both checked (ConfigError or
+    SpecError, exit status 2, if either cannot work): what `submit` and `schedule add`
+    record."""
+    from batchpool.config import load_config
+    from batchpool.pool.providers import check_pool
+    from batchpool.spec import load_spec
+
+    config = load_config(config_file)
+    job_spec = load_spec(spec)
+    pool_config = config.pool(pool or job_spec.pool)
+    check_pool(pool_config)
+    return job_spec, pool_config
+
+
+def tell_service(store: Store, job_id: int) -> bool:
+    """Wake the store's controller service for the job just queued; whether one runs
+    (if not, a note on stderr says the job waits)."""
+    from batchpool.service_lock import wake_service
+
+    served = wake_service(store)
+    if not served:
+        click.echo("note: no controller service is running on this store; the job waits "
+                   "until `batchpool controller run` starts (or `batchpool job resume "
+                   f"{job_id}` runs it in the foreground)", err=True)
+    return served

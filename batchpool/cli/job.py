@@ -27,8 +27,8 @@ from batchpool.config import load_config
 from batchpool.controller import owner_gone, owner_id
 from batchpool.display import counts_table, rows_table
 from batchpool.errors import BatchpoolError
+from batchpool.pool.providers import check_pool
 from batchpool.reports import copy_outputs, job_report, latest_attempt
-from batchpool.runner import check_pool
 
 
 @click.group()
@@ -100,7 +100,6 @@ def show(job_id: int, as_json: bool) -> None:
 def wait(job_id: int, timeout: float | None, as_json: bool) -> None:
     """Wait until a job ends; exit 0 only if every task succeeded."""
     sys.exit(wait_and_report(open_store(), job_id, timeout, as_json))
-
 
 
 @job.command()

@@ -49,7 +49,7 @@ def run(spec: str, pool: str | None, config_file: str | None, retry_backoff: flo
     with gc_paused():
         from batchpool.config import load_config
         from batchpool.controller import owner_id
-        from batchpool.runner import check_pool
+        from batchpool.pool.providers import check_pool
         from batchpool.spec import load_spec
 
     config = load_config(config_file)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from batchpool.cli.common import config_option, emit_json, handle_errors, json_option, open_store
+from batchpool.cli.common import (
+    checked_job,
+    config_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    open_store,
+    tell_service,
+)
 
 if TYPE_CHECKING:
     from batchpool.store import ScheduleRow, Store
@@ -46,18 +54,13 @@ def schedule() -> None:
 def add(name: str, cron: str, spec: str, tz: str | None, overlap: str, pool: str | None,
         config_file: str | None, as_json: bool) -> None:
     """Add schedule NAME: submit SPEC whenever EXPR matches."""
-    from batchpool.config import load_config
-    from batchpool.runner import check_pool
     from batchpool.schedules import check_cron, check_zone, local_zone, next_fire
-    from batchpool.spec import load_spec
     from batchpool.store import ScheduleRow
 
     expression = check_cron(cron)
     zone = tz or local_zone()
     check_zone(zone)
-    job_spec = load_spec(spec)
-    pool_config = load_config(config_file).pool(pool or job_spec.pool)
-    check_pool(pool_config)
+    job_spec, pool_config = checked_job(spec, pool, config_file)
     now = time.time()
     row = ScheduleRow(name=name, cron=expression, tz=zone, overlap=overlap,
                       pool=pool_config.name, spec=job_spec.model_dump_json(),
@@ -108,18 +111,14 @@ def remove(name: str) -> None:
 @handle_errors
 def run_now(name: str, as_json: bool) -> None:
     """Submit NAME's job now, whatever its cron says (its next run is unchanged)."""
-    from batchpool.service_lock import ServiceLock, wake_service
-
     store = open_store()
     job_id = store.fire_schedule(name)
-    served = wake_service(store) or ServiceLock(store).held_elsewhere()
+    assert job_id is not None   # unconditional: only a checked fire can be refused
+    served = tell_service(store, job_id)
     if as_json:
         emit_json({"id": job_id, "schedule": name, "service_running": served})
     else:
         click.echo(job_id)
-    if not served:
-        click.echo("note: no controller service is running on this store; the job waits "
-                   "until `batchpool controller run` starts", err=True)
 
 
 def _described(store: Store, row: ScheduleRow) -> dict[str, Any]:

@@ -7,12 +7,14 @@ from pathlib import Path
 import click
 
 from batchpool.cli.common import (
+    checked_job,
     config_option,
     emit_json,
     exit_quickly,
     handle_errors,
     json_option,
     open_store,
+    tell_service,
     wait_and_report,
 )
 
@@ -37,28 +39,16 @@ def submit(spec: str, pool: str | None, config_file: str | None, wait: bool,
     that `id=$(batchpool submit job.toml)` works; with `--wait --json`, the job's report
     as `job wait --json` prints it.
     """
-    from batchpool.config import load_config
-    from batchpool.runner import check_pool
-    from batchpool.service_lock import ServiceLock, wake_service
-    from batchpool.spec import load_spec
-
-    config = load_config(config_file)
-    job_spec = load_spec(spec)
-    pool_config = config.pool(pool or job_spec.pool)
-    check_pool(pool_config)
+    job_spec, pool_config = checked_job(spec, pool, config_file)
     store = open_store()
     job_id = store.submit(job_spec, pool_config.name, spec_file=str(Path(spec).resolve()))
-    served = wake_service(store) or ServiceLock(store).held_elsewhere()
-    if as_json and not wait:
-        emit_json({"id": job_id, "name": job_spec.name, "pool": pool_config.name,
-                   "state": "queued", "service_running": served})
-    elif not as_json:
+    if not as_json:
         click.echo(job_id)
         click.echo(f"job {job_id} ({job_spec.name}) queued on pool {pool_config.name}",
                    err=True)
-    if not served:
-        click.echo("note: no controller service is running on this store; the job waits "
-                   "until `batchpool controller run` starts (or `batchpool job resume "
-                   f"{job_id}` runs it in the foreground)", err=True)
+    served = tell_service(store, job_id)
     if wait:
         exit_quickly(wait_and_report(store, job_id, None, as_json))
+    if as_json:
+        emit_json({"id": job_id, "name": job_spec.name, "pool": pool_config.name,
+                   "state": "queued", "service_running": served})

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchpool import defaults
-from batchpool.config import PoolConfig
+from batchpool.config import PoolConfig, config_error
 from batchpool.errors import ConfigError
 from batchpool.pool.local import local_settings
 from batchpool.pool.session import NodeSettings
+from batchpool.spec.locate import FieldPath
 from batchpool.transport.base import NodeAddress, Transport
 from batchpool.transport.local import LocalTransport
 
@@ -48,6 +49,26 @@ def plan_pool(pool: PoolConfig) -> tuple[Transport, list[NodePlan]]:
                 heartbeat=defaults.HEARTBEAT_INTERVAL, local_results=None)))
         return SshTransport(options), plans
     raise ConfigError(f"pool {pool.name!r}: provider {pool.provider!r} is not available yet")
+
+
+def check_pool(pool: PoolConfig) -> None:
+    """Plan `pool` as the controller will, so that a pool that cannot work is refused
+    before a job is recorded (or claimed) rather than after.
+
+    Raises ConfigError pointing at the pool in its config file.
+    """
+    where: FieldPath = ("pools", pool.name)
+    if pool.provider == "static":
+        where = (*where, "hosts")
+        for position, host in enumerate(pool.hosts):
+            try:
+                parse_host(host)
+            except ConfigError as exc:
+                raise config_error(pool.source, (*where, position), exc.message) from None
+    try:
+        plan_pool(pool)
+    except ConfigError as exc:
+        raise config_error(pool.source, where, exc.message) from None
 
 
 _HOST = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,7 @@ class ScheduleRow:
     last_job: int | None
 
 
-_SCHEDULE_FIELDS = ("name", "cron", "tz", "overlap", "pool", "spec", "spec_file", "created",
-                    "next_run", "pending", "last_job")
+_SCHEDULE_FIELDS = tuple(f.name for f in fields(ScheduleRow))   # its columns, in order
 _SCHEDULE_COLUMNS = ", ".join(_SCHEDULE_FIELDS)
 
 

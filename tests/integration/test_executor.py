@@ -11,8 +11,8 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from helpers import Batchpool
-from test_ssh_pool import _config, _no_leftovers  # noqa: F401
+from helpers import Batchpool, dev_pool_config
+from test_ssh_pool import _no_leftovers  # noqa: F401
 
 import batchpool
 from batchpool.devcluster import DevCluster
@@ -167,7 +167,7 @@ def test_map_chunks_need_no_batchpool_on_the_node(tmp_path: Path) -> None:
 @pytest.mark.ssh
 def test_executor_spreads_calls_over_ssh_nodes(bp: Batchpool, tmp_path: Path,
                                                dev_cluster: DevCluster) -> None:
-    config = _config(dev_cluster, tmp_path)
+    config = dev_pool_config(dev_cluster, tmp_path)
     with batchpool.Executor(pool="dev", config=config) as ex:
         # calls long enough that every node is up before they are all done
         placed = list(ex.map(lambda _: (nap(0.2), where())[1], range(60)))

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
-from test_ssh_pool import _check, _config, _no_leftovers, _run  # noqa: F401
+from helpers import Batchpool, dev_pool_config, write
+from test_ssh_pool import _check, _no_leftovers, _run  # noqa: F401
 
 from batchpool.devcluster import DevCluster
 from batchpool.store import Store
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_npb_ep_class_s_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
                                               dev_cluster: DevCluster) -> None:
-    _check(_run(bp, ROOT / "jobs/npb-ep/job-s.toml", _config(dev_cluster, tmp_path)))
+    _check(_run(bp, ROOT / "jobs/npb-ep/job-s.toml", dev_pool_config(dev_cluster, tmp_path)))
     logs = bp("job", "logs", "1", "verify").stdout
     assert re.search(r"Verification\s+=\s+SUCCESSFUL", logs), logs
     ran_on = {a.node for a in Store(bp.home / "batchpool.db").attempts(1)
@@ -41,7 +41,7 @@ def test_npb_ep_call_form_verifies_across_nodes(bp: Batchpool, tmp_path: Path,
                  .replace('call = "ep:shard"', 'call = "slow_ep:shard"')
                  .replace('files = ["ep.py"]', 'files = ["ep.py", "slow_ep.py"]'))
     assert "slow_ep:shard" in spec.read_text() and "slow_ep.py" in spec.read_text()
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path, slots_per_node=1)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path, slots_per_node=1)))
     logs = bp("job", "logs", "1", "verify").stdout
     assert re.search(r"Verification\s+=\s+SUCCESSFUL", logs), logs
     results = {a.task_id: a for a in Store(bp.home / "batchpool.db").attempts(1)
@@ -66,7 +66,7 @@ id = "table"
 command = "python3 matmul_bench.py --reduce \\"$BATCHPOOL_INPUTS_DIR\\" --out nodes.json"
 depends_on = ["gflops"]
 """)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)))
     table = bp("job", "logs", "1", "table").stdout
     for node in dev_cluster.status():
         assert sum(line.startswith(node.address) for line in table.splitlines()) == 1, table
@@ -98,14 +98,14 @@ depends_on = ["combine"]
 
 def test_map_combine_reduce_across_nodes(bp: Batchpool, tmp_path: Path,
                                          dev_cluster: DevCluster) -> None:
-    _check(_run(bp, _pipeline(tmp_path, None), _config(dev_cluster, tmp_path)))
+    _check(_run(bp, _pipeline(tmp_path, None), dev_pool_config(dev_cluster, tmp_path)))
     out = bp("job", "logs", "1", "reduce").stdout.split()
     assert out.count(str(sum(i * i for i in range(9)))) == 3, out
 
 
 def test_failed_map_fails_later_stages_as_dependency_failed(bp: Batchpool, tmp_path: Path,
                                                             dev_cluster: DevCluster) -> None:
-    result = _run(bp, _pipeline(tmp_path, 4), _config(dev_cluster, tmp_path), timeout=120)
+    result = _run(bp, _pipeline(tmp_path, 4), dev_pool_config(dev_cluster, tmp_path), timeout=120)
     _check(result, status=1)
     report = bp.json("job", "show", "1")
     assert report["groups"]["map"]["failed"] == 1 and report["groups"]["map"]["succeeded"] == 8

@@ -12,8 +12,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, write
-from test_ssh_pool import _check, _closed_port, _config, _no_leftovers, _run  # noqa: F401
+from helpers import Batchpool, dev_pool_config, write
+from test_ssh_pool import _check, _closed_port, _no_leftovers, _run  # noqa: F401
 
 from batchpool.devcluster import DevCluster
 
@@ -76,7 +76,7 @@ def test_call_form_of_montecarlo_pi_on_the_local_pool(bp: Batchpool) -> None:
 def test_calls_reuse_warm_workers_on_ssh_nodes(bp: Batchpool, tmp_path: Path,
                                                dev_cluster: DevCluster) -> None:
     spec = _calls_spec(tmp_path, 24)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)))
     results = _results(bp)
     assert sorted(r["index"] for r in results.values()) == list(range(24))
     workers = {(r["node"], r["pid"]) for r in results.values()}
@@ -90,7 +90,7 @@ def test_calls_reuse_warm_workers_on_ssh_nodes(bp: Batchpool, tmp_path: Path,
 def test_failing_call_fails_its_task_with_the_exception(bp: Batchpool, tmp_path: Path,
                                                         dev_cluster: DevCluster) -> None:
     spec = _calls_spec(tmp_path, 2, target="probe:fail")
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)), status=1)
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)), status=1)
     report = bp.json("job", "show", "1")
     assert report["groups"]["p"]["failed"] == 2
     assert report["groups"]["gather"]["failed"] == 1
@@ -133,7 +133,7 @@ on_every_node = ["local", "nowhere:22"]
 @pytest.mark.ssh
 def test_on_every_node_runs_once_on_each_node(bp: Batchpool, tmp_path: Path,
                                               dev_cluster: DevCluster) -> None:
-    _check(_run(bp, _broadcast_spec(tmp_path), _config(dev_cluster, tmp_path)))
+    _check(_run(bp, _broadcast_spec(tmp_path), dev_pool_config(dev_cluster, tmp_path)))
     names = sorted(n.address for n in dev_cluster.status())
     table = bp("job", "logs", "1", "table").stdout
     reported = sorted(line.split()[0] for line in table.splitlines() if line.startswith("127."))
@@ -150,7 +150,7 @@ def test_on_every_node_member_of_an_unreachable_node_fails(bp: Batchpool, tmp_pa
                                                            dev_cluster: DevCluster) -> None:
     dead = f"127.0.0.1:{_closed_port()}"
     hosts = [n.address for n in dev_cluster.status()] + [dead]
-    config = _config(dev_cluster, tmp_path, hosts=hosts)
+    config = dev_pool_config(dev_cluster, tmp_path, hosts=hosts)
     _check(_run(bp, _broadcast_spec(tmp_path), config), status=1)
     report = bp.json("job", "show", "1")
     assert report["groups"]["probe"] == {"queued": 0, "running": 0, "succeeded": 3,

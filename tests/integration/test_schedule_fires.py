@@ -22,6 +22,16 @@ def due_now(bp: Batchpool, name: str) -> None:
         db.execute("UPDATE schedules SET next_run=? WHERE name=?", (time.time() - 1, name))
 
 
+def fire(bp: Batchpool, store: Store, name: str) -> int:
+    """Make schedule `name` due, wait for the running service to fire it; its job."""
+    due_now(bp, name)
+    wait_for(lambda: store.schedule(name).last_job is not None, timeout=30,
+             what=f"schedule {name} to fire")
+    job = store.schedule(name).last_job
+    assert job is not None
+    return job
+
+
 def test_the_service_fires_a_due_schedule_and_plans_the_next(bp: Batchpool,
                                                              tmp_path: Path) -> None:
     spec = write(tmp_path / "job.toml", 'name = "nightly"\n[[tasks]]\nid = "a"\n'
@@ -31,10 +41,7 @@ def test_the_service_fires_a_due_schedule_and_plans_the_next(bp: Batchpool,
     assert added["last_job"] is None and added["next_run"] > time.time()
     store = Store(bp.home / "batchpool.db")
     with service(bp) as process:
-        due_now(bp, "night")
-        wait_for(lambda: store.schedule("night").last_job is not None, timeout=30,
-                 what="the schedule to fire")
-        job = store.schedule("night").last_job
+        job = fire(bp, store, "night")
         assert bp("job", "wait", str(job), "--timeout", "60").returncode == 0
         ran_now = bp.json("schedule", "run", "night")   # and one by hand
         assert ran_now["service_running"] is True
@@ -56,10 +63,7 @@ def test_overlap_skip_leaves_out_a_fire_while_the_last_job_runs(bp: Batchpool,
        check=True)
     store = Store(bp.home / "batchpool.db")
     with service(bp) as process:
-        due_now(bp, "slow")
-        wait_for(lambda: store.schedule("slow").last_job is not None, timeout=30,
-                 what="the first fire")
-        first = store.schedule("slow").last_job
+        first = fire(bp, store, "slow")
         wait_for(lambda: store.tasks(first, states=("running",)), what="its task to run")
         due_now(bp, "slow")
         wait_for(lambda: store.schedule("slow").next_run > time.time(), timeout=30,

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, service, terminate, wait_for, write
+from helpers import Batchpool, dev_pool_config, service, terminate, wait_for, write
 
-from batchpool.devcluster import DevCluster, to_toml
+from batchpool.devcluster import DevCluster
 from batchpool.store import Store
 
 
@@ -160,10 +160,7 @@ def test_submit_refuses_a_bad_spec_and_queues_nothing(bp: Batchpool, tmp_path: P
 @pytest.mark.ssh
 def test_the_service_runs_jobs_on_an_ssh_pool_and_lets_it_go_when_idle(
         bp: Batchpool, tmp_path: Path, dev_cluster: DevCluster) -> None:
-    table = {**dev_cluster.pool_config(), "workdir": str(tmp_path / "nodes" / "{node}"),
-             "idle_timeout": "1s"}
-    config = write(tmp_path / "batchpool.toml", to_toml({"default_pool": "dev"},
-                                                        {"pools.dev": table}))
+    config = dev_pool_config(dev_cluster, tmp_path, idle_timeout="1s")
     spec = write(tmp_path / "job.toml", """
 name = "where"
 [[tasks]]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Batchpool, write
-from test_ssh_pool import _check, _config, _no_leftovers, _run  # noqa: F401
+from helpers import Batchpool, dev_pool_config, write
+from test_ssh_pool import _check, _no_leftovers, _run  # noqa: F401
 
 from batchpool.devcluster import DevCluster
 
@@ -71,5 +71,5 @@ def test_shards_on_the_local_pool(bp: Batchpool, tmp_path: Path) -> None:
 @pytest.mark.ssh
 def test_shards_are_staged_to_ssh_nodes(bp: Batchpool, tmp_path: Path,
                                         dev_cluster: DevCluster) -> None:
-    _check(_run(bp, _job(tmp_path), _config(dev_cluster, tmp_path)))
+    _check(_run(bp, _job(tmp_path), dev_pool_config(dev_cluster, tmp_path)))
     _check_results(bp)

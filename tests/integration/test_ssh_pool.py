@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Batchpool, wait_for, write
+from helpers import Batchpool, dev_pool_config, wait_for, write
 
-from batchpool.devcluster import DevCluster, DevNode, node_dir_name, pid_alive, to_toml
+from batchpool.devcluster import DevCluster, DevNode, node_dir_name, pid_alive
 from batchpool.store import Store
 
 pytestmark = pytest.mark.ssh
@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-def _config(cluster: DevCluster, tmp_path: Path, **settings: object) -> Path:
-    """A batchpool.toml whose pool "dev" is the cluster's nodes, working under tmp_path."""
-    table = {**cluster.pool_config(), "workdir": str(tmp_path / "nodes" / "{node}"),
-             **settings}
-    return write(tmp_path / "batchpool.toml", to_toml({"default_pool": "dev"},
-                                                      {"pools.dev": table}))
-
 
 def _workdir(tmp_path: Path, node: DevNode | str) -> Path:
     address = node if isinstance(node, str) else node.address
@@ -132,7 +124,7 @@ def test_montecarlo_pi_map_reduce(bp: Batchpool, tmp_path: Path, dev_cluster: De
     spec = write(tmp_path / "pi" / "job.toml", (source / "job.toml").read_text()
                  .replace("0-63", "0-11").replace("2000000", "200000"))
     (tmp_path / "pi" / "pi.py").write_text((source / "pi.py").read_text())
-    config = _config(dev_cluster, tmp_path)
+    config = dev_pool_config(dev_cluster, tmp_path)
     _check(_run(bp, spec, config))
 
     report = bp.json("job", "show", "1")
@@ -168,7 +160,7 @@ id = "reduce"
 depends_on = ["map"]
 command = "cd \\"$BATCHPOOL_INPUTS_DIR\\" && find -L . -type f | sort && echo --- && cat */part.txt"
 """)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)))
     maps = _attempt_nodes(bp, "map")
     reduce_node = _attempt_nodes(bp, "reduce")["reduce"]
     assert len(set(maps.values())) > 1, maps
@@ -198,7 +190,7 @@ array = "0-8"
 command = "sh tool.sh {index} && sleep 0.5"
 outputs = ["result.txt"]
 """)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)))
     out = tmp_path / "out"
     bp("job", "outputs", "1", "--dest", str(out), check=True)
     for i in range(9):
@@ -225,7 +217,7 @@ command = "printf '%s' {{v}} > out.txt"
 params = {{ v = {json.dumps(values)} }}
 outputs = ["out.txt"]
 """)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path)))
     assert not pwned.exists()
     assert not list(tmp_path.glob("nodes/*/**/pwned"))
     out = tmp_path / "o"
@@ -248,7 +240,7 @@ array = "0-11"
 command = "wc -l < ../../../started.txt > seen.txt; sleep 0.5"
 outputs = ["seen.txt"]
 """)
-    config = _config(dev_cluster, tmp_path, start_task="echo $$ >> started.txt")
+    config = dev_pool_config(dev_cluster, tmp_path, start_task="echo $$ >> started.txt")
     _check(_run(bp, spec, config))
     for node in dev_nodes:
         marker = _workdir(tmp_path, node) / "started.txt"
@@ -277,7 +269,7 @@ id = "work"
 array = "0-11"
 command = "sleep 0.5"
 """)
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path, start_task=start_task)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path, start_task=start_task)))
     nodes = _nodes(bp)
     assert nodes[bad.address]["state"] == "unusable", nodes[bad.address]
     reason = str(nodes[bad.address]["reason"])
@@ -295,7 +287,8 @@ def test_no_python_on_any_node_fails_the_job_promptly(bp: Batchpool, tmp_path: P
     spec = write(tmp_path / "job.toml", 'name = "nopython"\n[[tasks]]\nid = "a"\n'
                                         'array = "0-3"\ncommand = "true"\n')
     started = time.monotonic()
-    result = _run(bp, spec, _config(dev_cluster, tmp_path, python="/nonexistent"), timeout=60)
+    config = dev_pool_config(dev_cluster, tmp_path, python="/nonexistent")
+    result = _run(bp, spec, config, timeout=60)
     elapsed = time.monotonic() - started
     _check(result, 1)
     assert elapsed < 30, f"took {elapsed:.1f}s to give up"
@@ -328,7 +321,7 @@ def test_wrong_host_key_makes_one_node_unusable(bp: Batchpool, tmp_path: Path,
     known_hosts = write(tmp_path / "known_hosts", "\n".join(lines) + "\n")
     spec = write(tmp_path / "job.toml", 'name = "keys"\n[[tasks]]\nid = "a"\n'
                                         'array = "0-11"\ncommand = "sleep 0.5"\n')
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path, known_hosts=str(known_hosts))))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path, known_hosts=str(known_hosts))))
     row = _nodes(bp)[bad.address]
     assert row["state"] == "unusable", row
     assert "host key" in str(row["reason"]).lower(), row
@@ -344,7 +337,7 @@ def test_unreachable_node_is_unusable_and_the_job_runs_on_the_rest(
     spec = write(tmp_path / "job.toml", 'name = "unreachable"\n[[tasks]]\nid = "a"\n'
                                         'array = "0-11"\ncommand = "sleep 0.5"\n')
     started = time.monotonic()
-    _check(_run(bp, spec, _config(dev_cluster, tmp_path, hosts=hosts)))
+    _check(_run(bp, spec, dev_pool_config(dev_cluster, tmp_path, hosts=hosts)))
     assert time.monotonic() - started < 30
     row = _nodes(bp)[closed]
     assert row["state"] == "unusable", row
@@ -367,7 +360,7 @@ timeout = "1s"
 command = "sleep 300 & echo $! > {pidfile}; wait"
 """)
     started = time.monotonic()
-    result = _run(bp, spec, _config(dev_cluster, tmp_path), timeout=60)
+    result = _run(bp, spec, dev_pool_config(dev_cluster, tmp_path), timeout=60)
     _check(result, 1)
     assert time.monotonic() - started < 30
     report = bp.json("job", "show", "1")

@@ -114,6 +114,8 @@ def test_submit_wakes_the_service_through_its_channel(tmp_path: Path) -> None:
     store = Store(tmp_path / "batchpool.db")
     other = Store(tmp_path / "other" / "batchpool.db")
     assert not wake_service(store)   # nobody listens
+    with ServiceLock(store).held():   # a service that only polls (no abstract namespace)
+        assert wake_service(store)
     channel = open_wake_channel(store)
     assert channel is not None
     try:
@@ -191,3 +193,18 @@ def test_jobs_of_a_controller_that_failed_mid_run_are_retaken_then_failed(
     assert store.job(job).state == "failed"
     assert store.job(job).reason == "controller failed: RuntimeError: a bug"
     assert "local" not in service._stranded
+
+
+def test_an_ended_job_is_forgotten_with_its_controller_failures(tmp_path: Path) -> None:
+    store = Store(tmp_path / "batchpool.db")
+    announced: list[str] = []
+    service = _service(store, announced)
+    forgotten: list[int] = []
+    ended = SimpleNamespace(progress=SimpleNamespace(
+        state="succeeded", reason=None, name="retried", succeeded=1, total=1, failed=0))
+    controller = SimpleNamespace(jobs={7: ended}, forget=forgotten.append)
+    run = _PoolRun(controller, None, [7])  # type: ignore[arg-type]
+    service._failures[7] = 1   # its first controller failed; the second finished it
+    service._report(run)
+    assert forgotten == [7] and run.job_ids == [] and 7 not in service._failures
+    assert announced == ["job 7 (retried): succeeded: 1/1 succeeded, 0 failed"]
